@@ -1,0 +1,1 @@
+"""The HALO inference server: REST and gRPC front ends over one batched engine."""

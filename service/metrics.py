@@ -1,0 +1,109 @@
+"""Every Prometheus metric the server exports, in one place.
+
+Dashboards and alert rules are built on these exact names: rename one only together with them.
+Each server owns its own registry (so tests can run several servers in one process); the process
+collector adds the standard ``process_resident_memory_bytes`` and friends to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+# Mesh latencies run from ~50 ms (resolution 64, GPU) to tens of seconds (resolution 512, CPU).
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+STAGES = ("canonicalize", "occupancy", "marching_cubes", "encode")
+DROP_REASONS = ("cancelled", "deadline")
+
+
+class Metrics:
+    """The server's metric objects, registered in one registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        reg = self.registry
+        self.requests = Counter(
+            "halo_requests", "Requests answered, by endpoint, protocol and status code.",
+            ["endpoint", "protocol", "status"], registry=reg,
+        )
+        self.request_duration = Histogram(
+            "halo_request_duration_seconds", "Time from request received to response ready.",
+            ["endpoint", "protocol"], buckets=LATENCY_BUCKETS, registry=reg,
+        )
+        self.inflight = Gauge(
+            "halo_inflight_requests", "Requests being handled right now.", registry=reg,
+        )
+        self.queue_depth = Gauge(
+            "halo_queue_depth", "Hands waiting in the batcher queue.", registry=reg,
+        )
+        self.queue_wait = Histogram(
+            "halo_queue_wait_seconds", "Time a hand waits in the queue before its batch starts.",
+            buckets=LATENCY_BUCKETS, registry=reg,
+        )
+        self.batch_size = Histogram(
+            "halo_batch_size", "Hands meshed together in one batched model call.",
+            buckets=BATCH_SIZE_BUCKETS, registry=reg,
+        )
+        self.stage_duration = Histogram(
+            "halo_stage_duration_seconds", "Time per pipeline stage of one batch (encode: per response).",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=reg,
+        )
+        self.points_evaluated = Counter(
+            "halo_points_evaluated", "Occupancy points evaluated by the decoder.", registry=reg,
+        )
+        self.meshes = Counter(
+            "halo_meshes", "Hand meshes produced.", ["resolution"], registry=reg,
+        )
+        self.dropped = Counter(
+            "halo_dropped", "Queued hands dropped before compute (client gone or deadline passed).",
+            ["reason"], registry=reg,
+        )
+        self.rejected = Counter(
+            "halo_rejected", "Requests refused because the queue was full or the server was stopping.",
+            ["reason"], registry=reg,
+        )
+        self.model_info = Gauge(
+            "halo_model_info", "Loaded models (value 1), with name, sha256 and device.",
+            ["model", "name", "sha256", "device"], registry=reg,
+        )
+        self.ready = Gauge(
+            "halo_ready", "1 when the models are loaded and warmed and the server accepts work.",
+            registry=reg,
+        )
+        self.gpu_memory = Gauge(
+            "halo_gpu_memory_bytes", "CUDA memory held by the server (kind: allocated / reserved).",
+            ["device", "kind"], registry=reg,
+        )
+        for stage in STAGES:
+            self.stage_duration.labels(stage)
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason)
+
+    @contextmanager
+    def time_stage(self, stage: str) -> Iterator[None]:
+        """Observe the wall time of the enclosed block as one ``stage`` sample."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_duration.labels(stage).observe(time.perf_counter() - start)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The registry in Prometheus text format, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
