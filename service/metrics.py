@@ -39,56 +39,86 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         reg = self.registry
         self.requests = Counter(
-            "halo_requests", "Requests answered, by endpoint, protocol and status code.",
-            ["endpoint", "protocol", "status"], registry=reg,
+            "halo_requests",
+            "Requests answered, by endpoint, protocol and status code.",
+            ["endpoint", "protocol", "status"],
+            registry=reg,
         )
         self.request_duration = Histogram(
-            "halo_request_duration_seconds", "Time from request received to response ready.",
-            ["endpoint", "protocol"], buckets=LATENCY_BUCKETS, registry=reg,
+            "halo_request_duration_seconds",
+            "Time from request received to response ready.",
+            ["endpoint", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
         )
         self.inflight = Gauge(
-            "halo_inflight_requests", "Requests being handled right now.", registry=reg,
+            "halo_inflight_requests",
+            "Requests being handled right now.",
+            registry=reg,
         )
         self.queue_depth = Gauge(
-            "halo_queue_depth", "Hands waiting in the batcher queue.", registry=reg,
+            "halo_queue_depth",
+            "Hands waiting in the batcher queue.",
+            registry=reg,
         )
         self.queue_wait = Histogram(
-            "halo_queue_wait_seconds", "Time a hand waits in the queue before its batch starts.",
-            buckets=LATENCY_BUCKETS, registry=reg,
+            "halo_queue_wait_seconds",
+            "Time a hand waits in the queue before its batch starts.",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
         )
         self.batch_size = Histogram(
-            "halo_batch_size", "Hands meshed together in one batched model call.",
-            buckets=BATCH_SIZE_BUCKETS, registry=reg,
+            "halo_batch_size",
+            "Hands meshed together in one batched model call.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=reg,
         )
         self.stage_duration = Histogram(
-            "halo_stage_duration_seconds", "Time per pipeline stage of one batch (encode: per response).",
-            ["stage"], buckets=LATENCY_BUCKETS, registry=reg,
+            "halo_stage_duration_seconds",
+            "Time per pipeline stage of one batch (encode: per response).",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
         )
         self.points_evaluated = Counter(
-            "halo_points_evaluated", "Occupancy points evaluated by the decoder.", registry=reg,
+            "halo_points_evaluated",
+            "Occupancy points evaluated by the decoder.",
+            registry=reg,
         )
         self.meshes = Counter(
-            "halo_meshes", "Hand meshes produced.", ["resolution"], registry=reg,
+            "halo_meshes",
+            "Hand meshes produced.",
+            ["resolution"],
+            registry=reg,
         )
         self.dropped = Counter(
-            "halo_dropped", "Queued hands dropped before compute (client gone or deadline passed).",
-            ["reason"], registry=reg,
+            "halo_dropped",
+            "Queued hands dropped before compute (client gone or deadline passed).",
+            ["reason"],
+            registry=reg,
         )
         self.rejected = Counter(
-            "halo_rejected", "Requests refused because the queue was full or the server was stopping.",
-            ["reason"], registry=reg,
+            "halo_rejected",
+            "Requests refused because the queue was full or the server was stopping.",
+            ["reason"],
+            registry=reg,
         )
         self.model_info = Gauge(
-            "halo_model_info", "Loaded models (value 1), with name, sha256 and device.",
-            ["model", "name", "sha256", "device"], registry=reg,
+            "halo_model_info",
+            "Loaded models (value 1), with name, sha256 and device.",
+            ["model", "name", "sha256", "device"],
+            registry=reg,
         )
         self.ready = Gauge(
-            "halo_ready", "1 when the models are loaded and warmed and the server accepts work.",
+            "halo_ready",
+            "1 when the models are loaded and warmed and the server accepts work.",
             registry=reg,
         )
         self.gpu_memory = Gauge(
-            "halo_gpu_memory_bytes", "CUDA memory held by the server (kind: allocated / reserved).",
-            ["device", "kind"], registry=reg,
+            "halo_gpu_memory_bytes",
+            "CUDA memory held by the server (kind: allocated / reserved).",
+            ["device", "kind"],
+            registry=reg,
         )
         for stage in STAGES:
             self.stage_duration.labels(stage)

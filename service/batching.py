@@ -1,0 +1,191 @@
+"""Dynamic batcher: one bounded queue, one compute thread, batches formed by key.
+
+Requests put work items on the queue (all of a request's items or none: a full queue refuses the
+whole request). A single scheduler task takes the oldest live item, waits up to ``max_delay_s`` for
+more items with the same key (for meshes: the resolution) until ``max_batch_size``, and runs the
+batch's function in the compute thread, so the event loop never does model work. Items whose
+caller went away (future cancelled) or whose deadline passed are dropped before compute. If a batch
+raises, its items are retried one by one so a single failure never fails its batch-mates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.metrics import Metrics
+
+BatchFn = Callable[[Sequence[Any]], Sequence[Any]]
+
+
+class QueueFullError(Exception):
+    """The queue has no room for the request; the caller should retry later."""
+
+
+class DeadlineExceededError(Exception):
+    """The request's deadline passed before its work started."""
+
+
+@dataclass(eq=False)
+class _Item:
+    payload: Any
+    key: Hashable
+    run: BatchFn
+    future: asyncio.Future
+    deadline: float
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """Groups queued work items by key into batches run one at a time off the event loop."""
+
+    def __init__(self, metrics: Metrics, *, max_batch_size: int, max_delay_s: float, max_queue_size: int):
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue_size = max_queue_size
+        self._queue: list[_Item] = []
+        self._arrived = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="halo-compute")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start the scheduler task on the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._schedule(), name="halo-batcher")
+
+    async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in the compute thread, outside the queue (start-up, warm-up)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def submit(
+        self, payloads: Sequence[Any], key: Hashable, run: BatchFn, deadline: float
+    ) -> list[Any]:
+        """Queue ``payloads`` (batched with others of the same ``key`` through ``run``) and await results.
+
+        ``deadline`` is a ``time.monotonic()`` instant. Raises QueueFullError at once when the queue
+        cannot take every payload, DeadlineExceededError if the deadline passes while queued.
+        """
+        if len(self._queue) + len(payloads) > self.max_queue_size:
+            raise QueueFullError(f"queue full ({len(self._queue)} of {self.max_queue_size} hands waiting)")
+        loop = asyncio.get_running_loop()
+        items = [_Item(p, key, run, loop.create_future(), deadline) for p in payloads]
+        self._queue.extend(items)
+        self._changed()
+        self._arrived.set()
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        except BaseException:
+            for item in items:
+                item.future.cancel()
+            raise
+
+    @property
+    def depth(self) -> int:
+        """Items waiting (not yet computing)."""
+        return len(self._queue)
+
+    async def drain(self) -> None:
+        """Wait until the queue is empty and no batch is computing."""
+        while self._queue or not self._idle.is_set():
+            await self._idle.wait()
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        """Stop the scheduler, fail anything still queued, and release the compute thread."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(RuntimeError("server stopped"))
+        self._queue.clear()
+        self._changed()
+        self._executor.shutdown(wait=True)
+
+    def _changed(self) -> None:
+        self.metrics.queue_depth.set(len(self._queue))
+        if not self._queue:
+            self._arrived.clear()
+
+    def _prune(self) -> None:
+        """Drop items whose caller went away or whose deadline passed."""
+        now = time.monotonic()
+        live = []
+        for item in self._queue:
+            if item.future.done():
+                self.metrics.dropped.labels("cancelled").inc()
+            elif now >= item.deadline:
+                self.metrics.dropped.labels("deadline").inc()
+                item.future.set_exception(DeadlineExceededError("deadline passed while queued"))
+            else:
+                live.append(item)
+        self._queue = live
+        self._changed()
+
+    def _same_key(self, key: Hashable) -> list[_Item]:
+        return [item for item in self._queue if item.key == key][: self.max_batch_size]
+
+    async def _schedule(self) -> None:
+        while True:
+            await self._arrived.wait()
+            self._prune()
+            if not self._queue:
+                continue
+            first = self._queue[0]
+            fill_until = first.enqueued + self.max_delay_s
+            while len(self._same_key(first.key)) < self.max_batch_size and time.monotonic() < fill_until:
+                self._arrived.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), fill_until - time.monotonic())
+            self._prune()
+            batch = self._same_key(first.key)
+            if not batch:
+                continue
+            taken = set(map(id, batch))
+            self._queue = [item for item in self._queue if id(item) not in taken]
+            self._idle.clear()
+            self._changed()
+            if self._queue:
+                self._arrived.set()
+            try:
+                await self._compute(batch)
+            finally:
+                self._idle.set()
+
+    async def _compute(self, batch: list[_Item]) -> None:
+        started = time.monotonic()
+        for item in batch:
+            self.metrics.queue_wait.observe(started - item.enqueued)
+        loop = asyncio.get_running_loop()
+        run = batch[0].run
+        try:
+            results = await loop.run_in_executor(self._executor, run, [item.payload for item in batch])
+            outcomes: list[tuple[_Item, Any, BaseException | None]] = [
+                (item, result, None) for item, result in zip(batch, results, strict=True)
+            ]
+        except Exception as error:
+            if len(batch) == 1:
+                outcomes = [(batch[0], None, error)]
+            else:
+                outcomes = []
+                for item in batch:
+                    try:
+                        (result,) = await loop.run_in_executor(self._executor, run, [item.payload])
+                        outcomes.append((item, result, None))
+                    except Exception as item_error:
+                        outcomes.append((item, None, item_error))
+        for item, result, error in outcomes:
+            if item.future.done():
+                continue
+            if error is None:
+                item.future.set_result(result)
+            else:
+                item.future.set_exception(error)

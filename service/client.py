@@ -1,0 +1,299 @@
+"""Small Python clients for the server, one per protocol, returning trimesh meshes and numpy arrays.
+
+    with RestClient("http://127.0.0.1:8000") as client:
+        mesh = client.mesh(keypoints)                       # (21,3) metres -> trimesh.Trimesh
+    with GrpcClient("127.0.0.1:50051") as client:
+        meshes = client.meshes([kps_a, kps_b], resolution=64)
+
+Both raise ``HaloError`` (with the HTTP status or gRPC code and the server's message) on failure.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import trimesh
+
+from service.codecs import mesh_to_packed
+from service.proto_gen.halo.v1 import halo_pb2, halo_pb2_grpc
+
+JOINT_ORDER_ENUM = {
+    "mano": halo_pb2.JOINT_ORDER_MANO,
+    "mediapipe": halo_pb2.JOINT_ORDER_MANO,
+    "openpose": halo_pb2.JOINT_ORDER_MANO,
+    "biomech": halo_pb2.JOINT_ORDER_BIOMECH,
+    "halo": halo_pb2.JOINT_ORDER_HALO,
+}
+HANDEDNESS_ENUM = {"right": halo_pb2.HANDEDNESS_RIGHT, "left": halo_pb2.HANDEDNESS_LEFT}
+
+
+class HaloError(Exception):
+    """The server refused or failed a call."""
+
+    def __init__(self, status: int | str, detail: str):
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class GraspResult:
+    keypoints: np.ndarray  # (21,3) metres, MANO order, object frame
+    mesh: trimesh.Trimesh
+    metrics: dict[str, float]
+
+
+def _hand_json(keypoints: Any, joint_order: str, hand: str) -> dict:
+    return {
+        "keypoints": np.asarray(keypoints, dtype=np.float64).tolist(),
+        "joint_order": joint_order,
+        "hand": hand,
+    }
+
+
+def _mesh_from_json(data: dict) -> trimesh.Trimesh:
+    return trimesh.Trimesh(
+        np.asarray(data["vertices"], dtype=np.float64),
+        np.asarray(data["faces"], dtype=np.int64),
+        process=False,
+    )
+
+
+class RestClient:
+    """Client for the REST front end (JSON in and out)."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 300.0):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> RestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _post(self, path: str, **kwargs: Any) -> httpx.Response:
+        response = self.http.post(path, **kwargs)
+        if response.status_code != 200:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise HaloError(response.status_code, str(detail))
+        return response
+
+    def mesh(
+        self, keypoints: Any, joint_order: str = "mano", hand: str = "right", resolution: int | None = None
+    ) -> trimesh.Trimesh:
+        """(21,3) keypoints, metres -> the hand mesh (keypoint frame, metres)."""
+        body = {**_hand_json(keypoints, joint_order, hand), "resolution": resolution}
+        return _mesh_from_json(self._post("/mesh", json=body).json())
+
+    def meshes(
+        self,
+        keypoints: Sequence[Any],
+        joint_order: str = "mano",
+        hand: str | Sequence[str] = "right",
+        resolution: int | None = None,
+    ) -> list[trimesh.Trimesh]:
+        """(B,21,3) keypoints -> B meshes in one request (``hand`` may be one name per hand)."""
+        hands = [hand] * len(keypoints) if isinstance(hand, str) else list(hand)
+        body = {
+            "hands": [_hand_json(k, joint_order, h) for k, h in zip(keypoints, hands, strict=True)],
+            "resolution": resolution,
+        }
+        return [_mesh_from_json(m) for m in self._post("/mesh", json=body).json()["meshes"]]
+
+    def mesh_file(
+        self, keypoints: Any, fmt: str = "ply", resolution: int | None = None, **hand: str
+    ) -> bytes:
+        """The mesh as a PLY / OBJ / GLB file's bytes."""
+        body = {
+            "keypoints": np.asarray(keypoints, dtype=np.float64).tolist(),
+            "resolution": resolution,
+            "format": fmt,
+            **hand,
+        }
+        return self._post("/mesh", json=body).content
+
+    def occupancy(
+        self, keypoints: Any, points: Any, joint_order: str = "mano", hand: str = "right"
+    ) -> np.ndarray:
+        """(21,3) keypoints + (N,3) points, metres -> (N,) occupancy probabilities."""
+        body = {
+            **_hand_json(keypoints, joint_order, hand),
+            "points": np.asarray(points, dtype=np.float64).tolist(),
+        }
+        return np.asarray(self._post("/occupancy", json=body).json()["probabilities"])
+
+    def grasps(
+        self,
+        obj: trimesh.Trimesh | str | Path,
+        num_samples: int | None = None,
+        seed: int = 0,
+        refine: bool = True,
+    ) -> list[GraspResult]:
+        """Object mesh (or a mesh file to upload) -> sampled grasps."""
+        params = {"seed": seed, "refine": refine}
+        if num_samples is not None:
+            params["num_samples"] = num_samples
+        if isinstance(obj, str | Path):
+            path = Path(obj)
+            form = {
+                key: str(value).lower() if isinstance(value, bool) else str(value)
+                for key, value in params.items()
+            }
+            response = self._post("/grasps", data=form, files={"file": (path.name, path.read_bytes())})
+        else:
+            body = {
+                "object": {
+                    "vertices": np.asarray(obj.vertices).tolist(),
+                    "faces": np.asarray(obj.faces).tolist(),
+                },
+                **params,
+            }
+            response = self._post("/grasps", json=body)
+        return [
+            GraspResult(np.asarray(g["keypoints"]), _mesh_from_json(g["mesh"]), g["metrics"])
+            for g in response.json()["grasps"]
+        ]
+
+    def models(self) -> dict:
+        """What the server has loaded."""
+        return self.http.get("/models").json()
+
+    def ready(self) -> bool:
+        """True when the server reports ready."""
+        try:
+            return self.http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+
+def _mesh_from_proto(mesh: halo_pb2.Mesh) -> trimesh.Trimesh:
+    vertices = np.frombuffer(mesh.vertices, dtype="<f4").reshape(-1, 3).astype(np.float64)
+    faces = np.frombuffer(mesh.faces, dtype="<u4").reshape(-1, 3).astype(np.int64)
+    return trimesh.Trimesh(vertices, faces, process=False)
+
+
+def _hand_proto(keypoints: Any, joint_order: str, hand: str) -> halo_pb2.Hand:
+    return halo_pb2.Hand(
+        keypoints=np.asarray(keypoints, dtype=np.float32).ravel().tolist(),
+        joint_order=JOINT_ORDER_ENUM[joint_order],
+        handedness=HANDEDNESS_ENUM[hand],
+    )
+
+
+class GrpcClient:
+    """Client for ``halo.v1.HaloService`` (meshes arrive as packed float32, so vertices are float32-exact)."""
+
+    def __init__(
+        self, target: str = "127.0.0.1:50051", token: str | None = None, timeout: float | None = 300.0
+    ):
+        self.channel = grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+        )
+        self.stub = halo_pb2_grpc.HaloServiceStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+
+    def __enter__(self) -> GrpcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+        except grpc.RpcError as error:
+            raise HaloError(error.code().name, error.details() or "") from error
+
+    def meshes(
+        self,
+        keypoints: Sequence[Any],
+        joint_order: str = "mano",
+        hand: str | Sequence[str] = "right",
+        resolution: int | None = None,
+        timeout: float | None = None,
+    ) -> list[trimesh.Trimesh]:
+        """(B,21,3) keypoints -> B meshes in one call."""
+        hands = [hand] * len(keypoints) if isinstance(hand, str) else list(hand)
+        request = halo_pb2.GenerateMeshRequest(
+            hands=[_hand_proto(k, joint_order, h) for k, h in zip(keypoints, hands, strict=True)],
+            resolution=resolution or 0,
+        )
+        return [_mesh_from_proto(m) for m in self._call(self.stub.GenerateMesh, request, timeout).meshes]
+
+    def mesh(
+        self,
+        keypoints: Any,
+        joint_order: str = "mano",
+        hand: str = "right",
+        resolution: int | None = None,
+        timeout: float | None = None,
+    ) -> trimesh.Trimesh:
+        """(21,3) keypoints, metres -> the hand mesh."""
+        return self.meshes([keypoints], joint_order, hand, resolution, timeout)[0]
+
+    def occupancy(
+        self, keypoints: Any, points: Any, joint_order: str = "mano", hand: str = "right"
+    ) -> np.ndarray:
+        """(21,3) keypoints + (N,3) points, metres -> (N,) occupancy probabilities."""
+        request = halo_pb2.QueryOccupancyRequest(
+            hand=_hand_proto(keypoints, joint_order, hand),
+            points=np.asarray(points, dtype=np.float32).ravel().tolist(),
+        )
+        return np.asarray(self._call(self.stub.QueryOccupancy, request).probabilities, dtype=np.float64)
+
+    def grasps(
+        self,
+        obj: trimesh.Trimesh | str | Path,
+        num_samples: int = 0,
+        seed: int = 0,
+        refine: bool = True,
+        stream: bool = False,
+    ) -> list[GraspResult]:
+        """Object mesh (or mesh file, read locally) -> sampled grasps; ``stream`` uses StreamGrasps."""
+        mesh = (
+            trimesh.load(io.BytesIO(Path(obj).read_bytes()), file_type=Path(obj).suffix[1:], force="mesh")
+            if isinstance(obj, str | Path)
+            else obj
+        )
+        vertices, faces = mesh_to_packed(mesh)
+        request = halo_pb2.GenerateGraspsRequest(
+            object=halo_pb2.Mesh(vertices=vertices, faces=faces),
+            num_samples=num_samples,
+            seed=seed,
+            refine=refine,
+        )
+        try:
+            if stream:
+                grasps = list(self.stub.StreamGrasps(request, timeout=self.timeout, metadata=self.metadata))
+            else:
+                grasps = self.stub.GenerateGrasps(
+                    request, timeout=self.timeout, metadata=self.metadata
+                ).grasps
+        except grpc.RpcError as error:
+            raise HaloError(error.code().name, error.details() or "") from error
+        return [
+            GraspResult(
+                np.asarray(g.keypoints, dtype=np.float64).reshape(21, 3),
+                _mesh_from_proto(g.mesh),
+                dict(g.metrics.values),
+            )
+            for g in grasps
+        ]

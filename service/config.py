@@ -1,0 +1,97 @@
+"""The server's settings: one object, filled from ``HALO_*`` environment variables and CLI flags.
+
+Nothing else in the server reads ``os.environ``. Every field is also a ``halo serve`` flag with the
+same name in kebab case (``max_batch_size`` <-> ``--max-batch-size`` <-> ``HALO_MAX_BATCH_SIZE``);
+a flag given on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+RESOLUTIONS = (64, 128, 256, 512)
+
+
+class Settings(BaseSettings):
+    """Everything an operator can tune about ``halo serve``."""
+
+    model_config = SettingsConfigDict(env_prefix="HALO_", extra="forbid")
+
+    host: str = Field("0.0.0.0", description="Interface both front ends listen on.")
+    http_port: int = Field(8000, ge=0, le=65535, description="REST port (0: any free port).")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port).")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    base_checkpoint: Path | None = Field(
+        None,
+        description="Base model: our .safetensors or the published HALO model_best.pt (default: shipped).",
+    )
+    vae_checkpoint: Path | None = Field(None, description="Grasp VAE checkpoint (default: shipped).")
+    default_resolution: int = Field(128, description="Resolution used when a request names none.")
+    max_resolution: int = Field(256, description="Largest resolution a request may ask for.")
+    max_batch_size: int = Field(8, ge=1, le=256, description="Most hands meshed in one model call.")
+    max_queue_delay_ms: float = Field(
+        10.0, ge=0, description="How long the first hand of a batch waits for batch-mates."
+    )
+    max_queue_size: int = Field(64, ge=1, description="Hands allowed to wait; beyond that: 503.")
+    request_timeout_s: float = Field(120.0, gt=0, description="Deadline for a request without its own.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
+    max_upload_bytes: int = Field(20_000_000, ge=1024, description="Largest uploaded object file.")
+    max_object_faces: int = Field(200_000, ge=1, description="Most faces an object mesh may have.")
+    max_points: int = Field(200_000, ge=1, description="Most query points in one occupancy request.")
+    max_hands: int = Field(32, ge=1, description="Most hands in one mesh request.")
+    max_grasp_samples: int = Field(64, ge=1, description="Most grasps in one grasp request.")
+    default_grasp_samples: int = Field(8, ge=1, description="Grasps returned when a request names none.")
+    auth_token: str | None = Field(None, description="If set, both protocols require 'Bearer <token>'.")
+    log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+    log_level: str = Field("info", description="Python log level name.")
+    warmup: bool = Field(True, description="Mesh one hand at start-up before reporting ready.")
+    grace_period_s: float = Field(30.0, ge=0, description="Time given to accepted requests on SIGTERM.")
+
+    @model_validator(mode="after")
+    def _check_resolutions(self) -> Settings:
+        for name in ("default_resolution", "max_resolution"):
+            if getattr(self, name) not in RESOLUTIONS:
+                raise ValueError(f"{name}: must be one of {RESOLUTIONS}")
+        if self.default_resolution > self.max_resolution:
+            raise ValueError("default_resolution: larger than max_resolution")
+        if self.default_grasp_samples > self.max_grasp_samples:
+            raise ValueError("default_grasp_samples: larger than max_grasp_samples")
+        return self
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """The resolutions requests may use."""
+        return tuple(r for r in RESOLUTIONS if r <= self.max_resolution)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--kebab-case`` flag per settings field; unset flags leave the field to env/defaults."""
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = field.default
+        if field.annotation is bool:
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{field.description} (default: {default})",
+            )
+        else:
+            parser.add_argument(
+                flag,
+                dest=name,
+                default=argparse.SUPPRESS,
+                metavar=name.upper(),
+                help=f"{field.description} (default: {default})",
+            )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the flags that were given, the ``HALO_*`` environment and the defaults."""
+    given = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
+    return Settings(**given)

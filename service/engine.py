@@ -1,0 +1,308 @@
+"""The engine: owns the loaded models and the batcher; the async API both front ends call.
+
+Front ends parse their wire format into numpy arrays and call ``mesh``, ``occupancy`` or
+``grasps``; the engine validates every input before it is queued (so a bad hand never reaches a
+batch), routes the work through the one batcher, and records model-side metrics. Models that are
+missing are reported by ``describe`` and make their endpoints raise ``ModelUnavailableError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trimesh
+
+import models
+from service.batching import Batcher
+from service.codecs import InputError
+from service.config import Settings
+from service.metrics import Metrics
+
+log = logging.getLogger("halo.engine")
+
+DEFAULT_VAE_CHECKPOINT = Path(models.__file__).resolve().parent / "checkpoints" / "halo_vae.safetensors"
+
+
+class ModelUnavailableError(Exception):
+    """The model an endpoint needs is not loaded; the message says why."""
+
+
+class ShuttingDownError(Exception):
+    """The server is stopping and takes no new work."""
+
+
+@dataclass(frozen=True)
+class HandInput:
+    """One validated hand: (21,3) keypoints in metres, in ``joint_order``, of handedness ``hand``."""
+
+    keypoints: np.ndarray
+    joint_order: str
+    hand: str
+
+
+def parse_hand(keypoints: Any, joint_order: str = "mano", hand: str = "right", field: str = "") -> HandInput:
+    """Raw keypoints + names -> HandInput; raises InputError naming the field (prefixed by ``field``)."""
+    try:
+        array = np.asarray(keypoints, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{field}keypoints: not a 21 x 3 array of numbers") from error
+    if array.shape != (21, 3):
+        array = array.reshape(21, 3) if array.size == 63 and array.ndim == 1 else array
+    if array.shape != (21, 3):
+        raise InputError(f"{field}keypoints: expected 21 x 3 values, got shape {list(array.shape)}")
+    try:
+        order = models.skeleton.resolve_joint_order(joint_order)
+        handedness = models.skeleton.resolve_hand(hand)
+        models.validate_keypoints(array, joint_order=order)
+    except ValueError as error:
+        raise InputError(f"{field}{error}") from error
+    return HandInput(array, order, handedness)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; other names pass through."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+class Engine:
+    """Loaded models + batcher + metrics, shared by the REST and gRPC front ends."""
+
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.batcher = Batcher(
+            metrics,
+            max_batch_size=settings.max_batch_size,
+            max_delay_s=settings.max_queue_delay_ms / 1000.0,
+            max_queue_size=settings.max_queue_size,
+        )
+        self.device = resolve_device(settings.device)
+        self.base: Any = None
+        self.vae: Any = None
+        self.unavailable: dict[str, str] = {}
+        self.ready = False
+        self.accepting = True
+
+    async def start(self) -> None:
+        """Load the models (in the compute thread), warm up, start batching, become ready."""
+        self.batcher.start()
+        await self.batcher.run_blocking(self._load_models)
+        if self.settings.warmup and self.base is not None:
+            started = time.perf_counter()
+            await self.batcher.run_blocking(self._warm_up)
+            log.info("warm-up done", extra={"seconds": round(time.perf_counter() - started, 3)})
+        self.ready = True
+        self.metrics.ready.set(1)
+
+    def _load_models(self) -> None:
+        try:
+            self.base = models.load_base(self.settings.base_checkpoint, device=self.device)
+            self._record_model("base", self.base)
+        except Exception as error:
+            self.unavailable["base"] = f"base model not available: {error}"
+            log.error("base model not loaded", extra={"reason": str(error)})
+        vae_path = self.settings.vae_checkpoint or DEFAULT_VAE_CHECKPOINT
+        if self.base is None:
+            self.unavailable["vae"] = "grasp model not available: it needs the base model"
+        elif not hasattr(models, "load_vae"):
+            self.unavailable["vae"] = "grasp model not available: this build has no grasp model"
+        elif not Path(vae_path).is_file():
+            self.unavailable["vae"] = f"grasp model not available: no checkpoint at {Path(vae_path).name}"
+        else:
+            try:
+                self.vae = models.load_vae(vae_path, base=self.base, device=self.device)
+                self._record_model("vae", self.vae)
+            except Exception as error:
+                self.unavailable["vae"] = f"grasp model not available: {error}"
+                log.error("grasp model not loaded", extra={"reason": str(error)})
+
+    def _record_model(self, role: str, model: Any) -> None:
+        card = getattr(model, "card", {}) or {}
+        self.metrics.model_info.labels(
+            role, str(card.get("name", role)), str(card.get("sha256", "")), self.device
+        ).set(1)
+        log.info("model loaded", extra={"model": role, "name": card.get("name"), "device": self.device})
+
+    def _warm_up(self) -> None:
+        kps = self._warmup_keypoints()
+        self.base.mesh_with_stats(
+            kps[None], joint_order="mano", hand="right", resolution=min(self.settings.resolutions)
+        )
+
+    @staticmethod
+    def _warmup_keypoints() -> np.ndarray:
+        """A plausible flat right hand, (21,3) metres, mano order, wrist at the origin."""
+        finger_x = np.array([0.035, 0.02, 0.0, -0.02, -0.035])
+        lengths = np.array([0.0, 0.03, 0.025, 0.02])
+        kps = np.zeros((21, 3))
+        for finger in range(5):
+            base_y = 0.03 if finger == 0 else 0.09
+            for joint in range(4):
+                kps[1 + 4 * finger + joint] = [
+                    finger_x[finger] + (0.02 if finger == 0 else 0.0) * joint,
+                    base_y + lengths[: joint + 1].sum(),
+                    0.0,
+                ]
+        return kps
+
+    def describe(self) -> dict:
+        """What is loaded: per model its card and device, or why it is unavailable."""
+        described = {}
+        for role, model in (("base", self.base), ("vae", self.vae)):
+            if model is not None:
+                card = dict(getattr(model, "card", {}) or {})
+                described[role] = {"available": True, "device": self.device, "card": card}
+            else:
+                described[role] = {"available": False, "reason": self.unavailable.get(role, "loading")}
+        return {
+            "models": described,
+            "resolutions": list(self.settings.resolutions),
+            "default_resolution": self.settings.default_resolution,
+            "max_batch_size": self.settings.max_batch_size,
+        }
+
+    def update_gpu_memory(self) -> None:
+        """Refresh the GPU memory gauges (CUDA only)."""
+        if not self.device.startswith("cuda"):
+            return
+        import torch
+
+        self.metrics.gpu_memory.labels(self.device, "allocated").set(torch.cuda.memory_allocated(self.device))
+        self.metrics.gpu_memory.labels(self.device, "reserved").set(torch.cuda.memory_reserved(self.device))
+
+    def deadline(self, seconds: float | None = None) -> float:
+        """A monotonic deadline: the caller's remaining time, capped by the request timeout."""
+        budget = (
+            self.settings.request_timeout_s
+            if seconds is None
+            else min(seconds, self.settings.request_timeout_s)
+        )
+        return time.monotonic() + budget
+
+    def resolution(self, requested: int | None) -> int:
+        """The request's resolution (None or 0: the default), checked against the allowed set."""
+        if not requested:
+            return self.settings.default_resolution
+        if requested not in self.settings.resolutions:
+            raise InputError(f"resolution: {requested} is not one of {list(self.settings.resolutions)}")
+        return requested
+
+    def require(self, role: str) -> Any:
+        """The loaded ``base`` or ``vae`` model; raises if stopping or the model is unavailable."""
+        if not self.accepting:
+            raise ShuttingDownError("server is shutting down")
+        model = self.base if role == "base" else self.vae
+        if model is None:
+            raise ModelUnavailableError(self.unavailable.get(role, f"{role} model is still loading"))
+        return model
+
+    async def mesh(
+        self, hands: Sequence[HandInput], resolution: int | None, deadline: float
+    ) -> list[trimesh.Trimesh]:
+        """Validated hands -> one mesh each (keypoint frame, metres), batched with other requests."""
+        self.require("base")
+        resolution = self.resolution(resolution)
+        if not 1 <= len(hands) <= self.settings.max_hands:
+            raise InputError(f"hands: between 1 and {self.settings.max_hands} hands per request")
+        return await self.batcher.submit(
+            hands, ("mesh", resolution), self._mesh_batch_fn(resolution), deadline
+        )
+
+    def _mesh_batch_fn(self, resolution: int):
+        def run(hands: Sequence[HandInput]) -> list[trimesh.Trimesh]:
+            kps = np.stack([h.keypoints for h in hands])
+            meshes, stats = self.base.mesh_with_stats(
+                kps,
+                joint_order=[h.joint_order for h in hands],
+                hand=[h.hand for h in hands],
+                resolution=resolution,
+            )
+            self._record_stats(stats, len(hands), resolution)
+            return list(meshes)
+
+        return run
+
+    def _record_stats(self, stats: Any, batch_size: int, resolution: int) -> None:
+        self.metrics.batch_size.observe(batch_size)
+        self.metrics.stage_duration.labels("canonicalize").observe(stats.canonicalize_s)
+        self.metrics.stage_duration.labels("occupancy").observe(stats.occupancy_s)
+        self.metrics.stage_duration.labels("marching_cubes").observe(stats.marching_cubes_s)
+        self.metrics.points_evaluated.inc(stats.points_evaluated)
+        self.metrics.meshes.labels(str(resolution)).inc(batch_size)
+
+    async def occupancy(self, hand: HandInput, points: np.ndarray, deadline: float) -> np.ndarray:
+        """Hand + (N,3) points, metres, keypoint frame -> (N,) occupancy probabilities."""
+        self.require("base")
+        points = np.asarray(points, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
+            raise InputError("points: expected a non-empty list of [x, y, z]")
+        if len(points) > self.settings.max_points:
+            raise InputError(f"points: {len(points)} points; the limit is {self.settings.max_points}")
+        if not np.isfinite(points).all():
+            raise InputError("points: contains NaN or Inf")
+
+        def run(jobs: Sequence[tuple[HandInput, np.ndarray]]) -> list[np.ndarray]:
+            ((job_hand, job_points),) = jobs
+            probs = self.base.occupancy(
+                job_hand.keypoints, job_points, joint_order=job_hand.joint_order, hand=job_hand.hand
+            )
+            self.metrics.points_evaluated.inc(len(job_points))
+            return [np.asarray(probs, dtype=np.float64)]
+
+        (probs,) = await self.batcher.submit([(hand, points)], ("occupancy", object()), run, deadline)
+        return probs
+
+    def grasp_count(self, requested: int | None) -> int:
+        """Number of grasps to sample (None or 0: the default), checked against the limit."""
+        count = requested or self.settings.default_grasp_samples
+        if not 1 <= count <= self.settings.max_grasp_samples:
+            raise InputError(f"num_samples: must be between 1 and {self.settings.max_grasp_samples}")
+        return count
+
+    async def stream_grasps(
+        self, obj: trimesh.Trimesh, count: int, seed: int, refine: bool, deadline: float
+    ) -> AsyncIterator[Any]:
+        """Grasps for an object, one at a time; grasp i is sampled with seed ``seed + i``."""
+        vae = self.require("vae")
+        if len(obj.faces) > self.settings.max_object_faces:
+            raise InputError(
+                f"object.faces: {len(obj.faces)} faces; the limit is {self.settings.max_object_faces}"
+            )
+
+        def run(jobs: Sequence[int]) -> list[Any]:
+            (grasp_seed,) = jobs
+            return [vae.sample(obj, n=1, seed=grasp_seed, refine=refine)[0]]
+
+        for index in range(count):
+            (grasp,) = await self.batcher.submit([seed + index], ("grasp", object()), run, deadline)
+            yield grasp
+
+    async def grasps(
+        self, obj: trimesh.Trimesh, count: int, seed: int, refine: bool, deadline: float
+    ) -> list[Any]:
+        """All grasps of ``stream_grasps`` as a list."""
+        return [grasp async for grasp in self.stream_grasps(obj, count, seed, refine, deadline)]
+
+    def begin_shutdown(self) -> None:
+        """Stop being ready and stop taking new work; queued and running work continues."""
+        self.ready = False
+        self.accepting = False
+        self.metrics.ready.set(0)
+
+    async def drain(self) -> None:
+        """Wait for every accepted item to finish."""
+        await self.batcher.drain()
+
+    async def close(self) -> None:
+        """Release the batcher and its compute thread."""
+        await self.batcher.close()

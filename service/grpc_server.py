@@ -1,0 +1,263 @@
+"""gRPC front end: the ``halo.v1.HaloService`` servicer, plus grpc.health.v1 and server reflection.
+
+Handlers translate protobuf messages to engine calls and engine exceptions to status codes; the
+engine, batcher and metrics are the same objects the REST front end uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.batching import DeadlineExceededError, QueueFullError
+from service.codecs import InputError, mesh_to_packed, packed_to_mesh
+from service.engine import Engine, ModelUnavailableError, ShuttingDownError, parse_hand
+from service.logs import request_id_var
+from service.proto_gen.halo.v1 import halo_pb2, halo_pb2_grpc
+
+log = logging.getLogger("halo.grpc")
+
+SERVICE_NAME = halo_pb2.DESCRIPTOR.services_by_name["HaloService"].full_name
+JOINT_ORDERS = {
+    halo_pb2.JOINT_ORDER_UNSPECIFIED: "mano",
+    halo_pb2.JOINT_ORDER_MANO: "mano",
+    halo_pb2.JOINT_ORDER_BIOMECH: "biomech",
+    halo_pb2.JOINT_ORDER_HALO: "halo",
+}
+HANDEDNESS = {
+    halo_pb2.HANDEDNESS_UNSPECIFIED: "right",
+    halo_pb2.HANDEDNESS_RIGHT: "right",
+    halo_pb2.HANDEDNESS_LEFT: "left",
+}
+
+
+class UnauthenticatedError(Exception):
+    """Missing or wrong bearer token."""
+
+
+def status_for(error: Exception) -> grpc.StatusCode:
+    """Engine / input exception -> gRPC status code."""
+    if isinstance(error, InputError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, QueueFullError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(error, ShuttingDownError | ModelUnavailableError):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(error, DeadlineExceededError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(error, UnauthenticatedError):
+        return grpc.StatusCode.UNAUTHENTICATED
+    return grpc.StatusCode.INTERNAL
+
+
+def hand_from_proto(hand: halo_pb2.Hand, field: str = "") -> Any:
+    """Hand message -> validated engine HandInput (enum values checked, keypoints validated)."""
+    if hand.joint_order not in JOINT_ORDERS:
+        raise InputError(f"{field}joint_order: unknown value {hand.joint_order}")
+    if hand.handedness not in HANDEDNESS:
+        raise InputError(f"{field}handedness: unknown value {hand.handedness}")
+    keypoints = np.asarray(hand.keypoints, dtype=np.float64)
+    if keypoints.size != 63:
+        raise InputError(f"{field}keypoints: expected 63 values (21 x 3), got {keypoints.size}")
+    return parse_hand(
+        keypoints.reshape(21, 3), JOINT_ORDERS[hand.joint_order], HANDEDNESS[hand.handedness], field
+    )
+
+
+def mesh_to_proto(mesh: Any) -> halo_pb2.Mesh:
+    vertices, faces = mesh_to_packed(mesh)
+    return halo_pb2.Mesh(vertices=vertices, faces=faces)
+
+
+def grasp_to_proto(grasp: Any) -> halo_pb2.Grasp:
+    return halo_pb2.Grasp(
+        keypoints=np.asarray(grasp.keypoints, dtype=np.float32).ravel().tolist(),
+        mesh=mesh_to_proto(grasp.mesh),
+        metrics=halo_pb2.GraspMetrics(values={str(k): float(v) for k, v in dict(grasp.metrics).items()}),
+    )
+
+
+class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
+    """``halo.v1.HaloService`` over the shared engine."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        return self.engine.deadline(context.time_remaining())
+
+    def _object(self, request: halo_pb2.GenerateGraspsRequest) -> Any:
+        self.engine.require("vae")
+        obj = packed_to_mesh(request.object.vertices, request.object.faces, field="object")
+        if len(obj.faces) > self.engine.settings.max_object_faces:
+            raise InputError(
+                f"object.faces: {len(obj.faces)} faces; the limit is {self.engine.settings.max_object_faces}"
+            )
+        return obj
+
+    async def GenerateMesh(self, request, context):  # noqa: N802 (gRPC method names)
+        hands = [hand_from_proto(h, f"hands[{i}].") for i, h in enumerate(request.hands)]
+        meshes = await self.engine.mesh(hands, request.resolution or None, self._deadline(context))
+        with self.engine.metrics.time_stage("encode"):
+            return halo_pb2.GenerateMeshResponse(meshes=[mesh_to_proto(m) for m in meshes])
+
+    async def QueryOccupancy(self, request, context):  # noqa: N802 (gRPC method names)
+        hand = hand_from_proto(request.hand, "hand.")
+        points = np.asarray(request.points, dtype=np.float64)
+        if points.size == 0 or points.size % 3:
+            raise InputError("points: expected a non-empty multiple of 3 values")
+        probs = await self.engine.occupancy(hand, points.reshape(-1, 3), self._deadline(context))
+        return halo_pb2.QueryOccupancyResponse(probabilities=probs.astype(np.float32).tolist())
+
+    async def GenerateGrasps(self, request, context):  # noqa: N802 (gRPC method names)
+        obj = self._object(request)
+        count = self.engine.grasp_count(request.num_samples)
+        grasps = await self.engine.grasps(obj, count, request.seed, request.refine, self._deadline(context))
+        return halo_pb2.GenerateGraspsResponse(grasps=[grasp_to_proto(g) for g in grasps])
+
+    async def StreamGrasps(self, request, context):  # noqa: N802 (gRPC method names)
+        obj = self._object(request)
+        count = self.engine.grasp_count(request.num_samples)
+        async for grasp in self.engine.stream_grasps(
+            obj, count, request.seed, request.refine, self._deadline(context)
+        ):
+            yield grasp_to_proto(grasp)
+
+
+class _Call:
+    """Per-call bookkeeping shared by unary and streaming handlers: auth, request id, metrics, logs."""
+
+    def __init__(self, engine: Engine, endpoint: str, context: grpc.aio.ServicerContext):
+        self.engine, self.endpoint, self.context = engine, endpoint, context
+        metadata = dict(context.invocation_metadata() or ())
+        self.request_id = str(metadata.get("x-request-id", ""))[:64] or uuid.uuid4().hex
+        self.token = request_id_var.set(self.request_id)
+        self.started = time.perf_counter()
+        self.status = grpc.StatusCode.OK
+        expected = engine.settings.auth_token
+        given = str(metadata.get("authorization", ""))
+        self.authorized = expected is None or secrets.compare_digest(
+            given.encode(), f"Bearer {expected}".encode()
+        )
+        engine.metrics.inflight.inc()
+
+    async def fail(self, error: Exception) -> None:
+        self.status = status_for(error)
+        message = str(error) if self.status != grpc.StatusCode.INTERNAL else "internal error"
+        if self.status == grpc.StatusCode.INTERNAL:
+            log.exception("call failed")
+        await self.context.abort(self.status, message)
+
+    def finish(self, cancelled: bool = False) -> None:
+        status = "CANCELLED" if cancelled else self.status.name
+        elapsed = time.perf_counter() - self.started
+        metrics = self.engine.metrics
+        metrics.inflight.dec()
+        metrics.requests.labels(self.endpoint, "grpc", status).inc()
+        metrics.request_duration.labels(self.endpoint, "grpc").observe(elapsed)
+        log.info(
+            "request",
+            extra={
+                "protocol": "grpc",
+                "endpoint": self.endpoint,
+                "status": status,
+                "seconds": round(elapsed, 4),
+            },
+        )
+        request_id_var.reset(self.token)
+
+
+_GRPC_ENDPOINTS = {
+    "GenerateMesh": "mesh",
+    "QueryOccupancy": "occupancy",
+    "GenerateGrasps": "grasps",
+    "StreamGrasps": "grasps",
+}
+
+
+def _guard_unary(engine: Engine, endpoint: str, handler: Callable) -> Callable:
+    @functools.wraps(handler)
+    async def guarded(request, context):
+        call = _Call(engine, endpoint, context)
+        cancelled = False
+        try:
+            if not call.authorized:
+                raise UnauthenticatedError("authorization: missing or wrong bearer token")
+            return await handler(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await call.fail(error)
+        except BaseException:
+            cancelled = True
+            raise
+        finally:
+            call.finish(cancelled)
+
+    return guarded
+
+
+def _guard_stream(engine: Engine, endpoint: str, handler: Callable) -> Callable:
+    @functools.wraps(handler)
+    async def guarded(request, context) -> AsyncIterator:
+        call = _Call(engine, endpoint, context)
+        cancelled = False
+        try:
+            if not call.authorized:
+                raise UnauthenticatedError("authorization: missing or wrong bearer token")
+            async for item in handler(request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await call.fail(error)
+        except BaseException:
+            cancelled = True
+            raise
+        finally:
+            call.finish(cancelled)
+
+    return guarded
+
+
+def guarded_servicer(engine: Engine) -> HaloServicer:
+    """A servicer whose methods check auth, map errors to status codes and record metrics."""
+    servicer = HaloServicer(engine)
+    for method, endpoint in _GRPC_ENDPOINTS.items():
+        handler = getattr(servicer, method)
+        guard = _guard_stream if method == "StreamGrasps" else _guard_unary
+        setattr(servicer, method, guard(engine, endpoint, handler))
+    return servicer
+
+
+def create_grpc_server(engine: Engine) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """An aio server with HaloService, health and reflection registered (ports not yet bound)."""
+    limit = max(engine.settings.max_body_bytes, engine.settings.max_upload_bytes)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+        ]
+    )
+    halo_pb2_grpc.add_HaloServiceServicer_to_server(guarded_servicer(engine), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return server, health_servicer
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    """Report SERVING / NOT_SERVING for the whole server and for HaloService."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, status)
