@@ -1,0 +1,23 @@
+# The two commands of the README: `make run` (the main job) and `make test` (the whole suite).
+VENV := .venv/bin
+
+.PHONY: setup setup-dev run test lint bench proto
+
+setup:
+	scripts/setup.sh
+
+setup-dev:
+	scripts/setup.sh --dev
+
+run: setup
+	$(VENV)/halo mesh --keypoints models/assets/sample_keypoints.json -o out/hand.ply
+
+test: setup-dev
+	$(VENV)/ruff check .
+	$(VENV)/python -m pytest -q
+
+lint:
+	$(VENV)/ruff check .
+
+bench: setup
+	$(VENV)/halo bench mesh

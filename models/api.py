@@ -1,0 +1,124 @@
+"""The public HALO base model: keypoints -> occupancy and watertight meshes, right or left hands."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+
+from .canonical import MODEL_SCALE, Canonical, canonicalize, transform_points, validate_keypoints
+from .meshing import DEFAULT_CULL_RADIUS_M, MeshStats, extract_meshes
+from .occupancy import OccupancyDecoder, load_decoder
+from .skeleton import MIRROR, resolve_hand
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+SHIPPED_BASE = CHECKPOINT_DIR / "halo_base.safetensors"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:i`` -> torch.device."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device} requested but CUDA is not available")
+    return device
+
+
+def _per_hand(value: str | Sequence[str], count: int, name: str) -> list[str]:
+    """One setting or one per hand -> a list of ``count`` settings."""
+    if isinstance(value, str):
+        return [value] * count
+    values = list(value)
+    if len(values) != count:
+        raise ValueError(f"{name}: got {len(values)} values for {count} hands")
+    return values
+
+
+class HaloBase:
+    """A loaded HALO base model. Keypoints are (21,3) or (B,21,3) metres in the keypoint frame."""
+
+    def __init__(self, decoder: OccupancyDecoder, card: dict, device: torch.device) -> None:
+        self.decoder = decoder
+        self.card = card
+        self.device = device
+        self.cull_radius: float | None = DEFAULT_CULL_RADIUS_M
+
+    def prepare(
+        self, keypoints: np.ndarray | torch.Tensor, joint_order: str | Sequence[str], hand: str | Sequence[str]
+    ) -> tuple[Canonical, np.ndarray]:
+        """Validated (B,21,3) keypoints -> (Canonical of the right-hand versions, (B,) bool is_left)."""
+        batch = len(keypoints) if np.ndim(keypoints) == 3 else 1
+        hands = [resolve_hand(side) for side in _per_hand(hand, batch, "hand")]
+        mano = validate_keypoints(keypoints, _per_hand(joint_order, batch, "joint_order"))
+        is_left = np.array([side == "left" for side in hands])
+        mano[is_left] = mano[is_left] @ MIRROR
+        # Canonicalise in float64 (cheap, per hand): float32 arccos near the clip limits costs parity.
+        return canonicalize(torch.from_numpy(mano).to(self.device)), is_left
+
+    def mesh_with_stats(
+        self,
+        keypoints: np.ndarray | torch.Tensor,
+        joint_order: str | Sequence[str] = "mano",
+        hand: str | Sequence[str] = "right",
+        resolution: int = 128,
+    ) -> tuple[list[trimesh.Trimesh], MeshStats]:
+        """(B,21,3) or (21,3) keypoints, metres -> (B watertight meshes in the keypoint frame, metres; stage timings)."""
+        stats = MeshStats()
+        started = time.perf_counter()
+        canonical, is_left = self.prepare(keypoints, joint_order, hand)
+        stats.canonicalize_s = time.perf_counter() - started
+        meshes = []
+        for (vertices, faces), left in zip(
+            extract_meshes(self.decoder, canonical, resolution, self.cull_radius, stats), is_left, strict=True
+        ):
+            if left:  # mirror back; a reflection turns the faces inside out, so flip their winding
+                vertices, faces = vertices @ MIRROR, faces[:, ::-1].copy()
+            meshes.append(trimesh.Trimesh(vertices, faces, process=False))
+        return meshes, stats
+
+    def mesh(
+        self,
+        keypoints: np.ndarray | torch.Tensor,
+        joint_order: str | Sequence[str] = "mano",
+        hand: str | Sequence[str] = "right",
+        resolution: int = 128,
+    ) -> trimesh.Trimesh | list[trimesh.Trimesh]:
+        """(21,3) keypoints -> one watertight mesh; (B,21,3) -> a list of B meshes (metres, keypoint frame)."""
+        meshes, _ = self.mesh_with_stats(keypoints, joint_order, hand, resolution)
+        return meshes[0] if np.ndim(keypoints) == 2 else meshes
+
+    def occupancy(
+        self,
+        keypoints: np.ndarray | torch.Tensor,
+        points: np.ndarray | torch.Tensor,
+        joint_order: str = "mano",
+        hand: str = "right",
+    ) -> np.ndarray:
+        """(21,3) keypoints, (N,3) points (metres, keypoint frame) -> (N,) occupancy probabilities."""
+        canonical, is_left = self.prepare(np.asarray(keypoints).reshape(21, 3), joint_order, hand)
+        points = torch.as_tensor(np.asarray(points, dtype=np.float64).reshape(-1, 3), device=self.device)
+        if is_left[0]:
+            points = points @ torch.as_tensor(MIRROR, device=self.device)
+        model_points = transform_points(canonical.normalization_matrix, points[None]) * MODEL_SCALE
+        code = self.decoder.hand_code(canonical.part_matrices.float(), canonical.bone_lengths.float())
+        return self.decoder.occupancy(model_points.float(), code)[0].cpu().numpy()
+
+
+def load_base(path: str | Path | None = None, device: str | torch.device = "cpu") -> HaloBase:
+    """Load a base model: ``None`` -> the shipped checkpoint; also our .safetensors or the published ``model_best.pt``."""
+    if path is None:
+        if not SHIPPED_BASE.is_file():
+            raise FileNotFoundError(
+                "checkpoint: the shipped base checkpoint is not installed; pass the path of a checkpoint "
+                "(ours or the published HALO model_best.pt)"
+            )
+        path = SHIPPED_BASE
+    device = resolve_device(device)
+    decoder, card = load_decoder(path, device)
+    card["device"] = str(device)
+    return HaloBase(decoder, card, device)

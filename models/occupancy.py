@@ -1,0 +1,209 @@
+"""HALO's piecewise occupancy decoder, fused across its 16 part MLPs, and checkpoint I/O.
+
+For a query x in the model frame M, part b sees y_b = T_b x (its canonical frame) plus its bone
+length, a shared bone-length code and a projection of the global pose code, and runs a small
+residual MLP; the hand's occupancy is the hard max over parts (``halo_reference/README.md``).
+
+Speed: the first layer is linear in x, so everything except ``A0[:, :3] @ R_b`` times x is a per-hand
+constant. ``HandCode`` folds those terms once per hand; per point only a (3 -> 64) product per part
+remains, and the 16 part MLPs then run as one batched matmul over parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+@dataclass
+class DecoderConfig:
+    num_parts: int = 16
+    hidden: int = 64  # width of each part MLP
+    num_residual: int = 3  # hidden 64 -> 64 layers with a skip connection
+    pose_code: int = 8  # per-part projection of the 48-d global pose code
+    bone_code: int = 16  # shared bone-length code
+    bone_hidden: int = 40
+    leaky_slope: float = 0.1
+
+    @property
+    def input_size(self) -> int:
+        return 3 + 1 + self.bone_code + self.pose_code
+
+
+@dataclass
+class HandCode:
+    """Per-hand folded first layer: pre-activation h = x @ weight[b, p] + bias[b, p]."""
+
+    weight: torch.Tensor  # (B,P,3,H)
+    bias: torch.Tensor  # (B,P,H)
+
+
+class OccupancyDecoder(nn.Module):
+    """The 16 part MLPs of HALO with their weights stacked along a leading part axis."""
+
+    def __init__(self, config: DecoderConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or DecoderConfig()
+        parts, hidden = config.num_parts, config.hidden
+        self.pose_weight = nn.Parameter(torch.empty(parts, config.pose_code, 3 * parts))
+        self.pose_bias = nn.Parameter(torch.empty(parts, config.pose_code))
+        self.bone_encoder = nn.Sequential(
+            nn.Linear(parts, config.bone_hidden), nn.ReLU(), nn.Linear(config.bone_hidden, config.bone_code)
+        )
+        self.input_weight = nn.Parameter(torch.empty(parts, hidden, config.input_size))
+        self.input_bias = nn.Parameter(torch.empty(parts, hidden))
+        self.hidden_weight = nn.Parameter(torch.empty(config.num_residual, parts, hidden, hidden))
+        self.hidden_bias = nn.Parameter(torch.empty(config.num_residual, parts, hidden))
+        self.output_weight = nn.Parameter(torch.empty(parts, 1, hidden))
+        self.output_bias = nn.Parameter(torch.empty(parts, 1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Per-part nn.Linear default initialisation (uniform in +-1/sqrt(fan_in))."""
+        for weight, bias in [
+            (self.pose_weight, self.pose_bias),
+            (self.input_weight, self.input_bias),
+            (self.hidden_weight, self.hidden_bias),
+            (self.output_weight, self.output_bias),
+        ]:
+            bound = weight.shape[-1] ** -0.5
+            nn.init.uniform_(weight, -bound, bound)
+            nn.init.uniform_(bias, -bound, bound)
+
+    def hand_code(self, part_matrices: torch.Tensor, bone_lengths: torch.Tensor) -> HandCode:
+        """(B,P,4,4) M -> C_b matrices, (B,P) bone lengths in metres -> HandCode with (B,P,3,H) and (B,P,H)."""
+        batch, parts = bone_lengths.shape
+        rotation, translation = part_matrices[:, :, :3, :3], part_matrices[:, :, :3, 3]
+        global_code = translation.reshape(batch, 1, 3 * parts)
+        pose = (self.pose_weight @ global_code.unsqueeze(-1)).squeeze(-1) + self.pose_bias  # (B,P,pose)
+        bones = self.bone_encoder(bone_lengths)  # (B,bone)
+        point_weight, length_weight, bone_weight, pose_weight = self.input_weight.split(
+            [3, 1, self.config.bone_code, self.config.pose_code], dim=-1
+        )
+        bias = (
+            (point_weight @ translation.unsqueeze(-1)).squeeze(-1)
+            + length_weight.squeeze(-1) * bone_lengths.unsqueeze(-1)
+            + torch.einsum("bk,phk->bph", bones, bone_weight)
+            + (pose_weight @ pose.unsqueeze(-1)).squeeze(-1)
+            + self.input_bias
+        )
+        weight = (point_weight @ rotation).transpose(-1, -2)  # (B,P,3,H)
+        return HandCode(weight, bias)
+
+    def part_logits(self, points: torch.Tensor, code: HandCode) -> torch.Tensor:
+        """(B,N,3) points in the model frame, HandCode -> (P,B,N) logit of each part."""
+        slope = self.config.leaky_slope
+        parts, (batch, count, _) = self.config.num_parts, points.shape
+        weight = code.weight.transpose(0, 1).reshape(parts * batch, 3, -1)  # (P*B,3,H)
+        bias = code.bias.transpose(0, 1).reshape(parts * batch, 1, -1)
+        hidden = torch.baddbmm(bias, points.repeat(parts, 1, 1), weight)
+        hidden = F.leaky_relu_(hidden, slope).reshape(parts, batch * count, -1)
+        # In-place bias and activation keep the working set small enough to stay in cache.
+        for layer_weight, layer_bias in zip(self.hidden_weight, self.hidden_bias, strict=True):
+            hidden = torch.baddbmm(hidden, hidden, layer_weight.transpose(1, 2))  # residual + A h
+            hidden = F.leaky_relu_(hidden.add_(layer_bias.unsqueeze(1)), slope)
+        out = torch.baddbmm(self.output_bias.unsqueeze(1), hidden, self.output_weight.transpose(1, 2))
+        return out.reshape(parts, batch, count)
+
+    def forward(self, points: torch.Tensor, part_matrices: torch.Tensor, bone_lengths: torch.Tensor) -> torch.Tensor:
+        """(B,N,3) model-frame points, (B,P,4,4), (B,P) metres -> (B,N) occupancy logits (max over parts)."""
+        return self.part_logits(points, self.hand_code(part_matrices, bone_lengths)).amax(0)
+
+    @torch.inference_mode()
+    def occupancy(self, points: torch.Tensor, code: HandCode, chunk_points: int = 2048) -> torch.Tensor:
+        """(B,N,3) model-frame points, HandCode -> (B,N) probabilities, evaluated in chunks of ~chunk_points."""
+        step = max(1, chunk_points // points.shape[0])
+        logits = [self.part_logits(chunk, code).amax(0) for chunk in points.split(step, dim=1)]
+        return torch.sigmoid(torch.cat(logits, dim=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: our safetensors format (+ a JSON model card beside it) and the published HALO pickle.
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def card_path(weights_path: str | Path) -> Path:
+    """The model card that sits beside a .safetensors file."""
+    return Path(weights_path).with_suffix(".json")
+
+
+def save_decoder(decoder: OccupancyDecoder, path: str | Path, card: dict) -> dict:
+    """Write weights (safetensors) and the card (JSON, with config and sha256 filled in); returns the card."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: value.detach().cpu().contiguous() for name, value in decoder.state_dict().items()}
+    save_file(tensors, str(path), metadata={"format": "halo-decoder", "config": json.dumps(asdict(decoder.config))})
+    card = {**card, "config": asdict(decoder.config), "weights": path.name, "sha256": file_sha256(path)}
+    card_path(path).write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def published_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Published HALO ``model_best.pt`` -> our fused state dict, without executing arbitrary pickle code."""
+    # weights_only loading refuses every global except tensors and the ones allow-listed here: the
+    # checkpoint stores its best validation loss as a numpy float32 scalar.
+    # It was pickled under numpy 1's module name, hence the explicit name.
+    allowed = [(np._core.multiarray.scalar, "numpy.core.multiarray.scalar"), np.dtype, type(np.dtype(np.float32))]
+    with torch.serialization.safe_globals(allowed):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    source = checkpoint["model"]
+    parts = DecoderConfig().num_parts
+
+    def stack(pattern: str) -> torch.Tensor:
+        return torch.stack([source[pattern.format(part=part)] for part in range(parts)])
+
+    return {
+        "pose_weight": stack("decoder.global_proj{part}.weight"),
+        "pose_bias": stack("decoder.global_proj{part}.bias"),
+        "bone_encoder.0.weight": source["decoder.bone_encoder.linear1.weight"],
+        "bone_encoder.0.bias": source["decoder.bone_encoder.linear1.bias"],
+        "bone_encoder.2.weight": source["decoder.bone_encoder.linear2.weight"],
+        "bone_encoder.2.bias": source["decoder.bone_encoder.linear2.bias"],
+        "input_weight": stack("decoder.lin{part}_0.weight"),
+        "input_bias": stack("decoder.lin{part}_0.bias"),
+        "hidden_weight": torch.stack([stack(f"decoder.lin{{part}}_{layer}.weight") for layer in (1, 2, 3)]),
+        "hidden_bias": torch.stack([stack(f"decoder.lin{{part}}_{layer}.bias") for layer in (1, 2, 3)]),
+        "output_weight": stack("decoder.lin{part}_4.weight"),
+        "output_bias": stack("decoder.lin{part}_4.bias"),
+    }
+
+
+def load_decoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[OccupancyDecoder, dict]:
+    """Our .safetensors or the published HALO .pt -> (decoder in eval mode on ``device``, model card)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no such file {path}")
+    if path.suffix == ".safetensors":
+        state = load_file(str(path))
+        card_file = card_path(path)
+        card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+        config = DecoderConfig(**card.get("config", {}))
+        card = {"name": path.stem, **card, "sha256": file_sha256(path)}
+    else:
+        state = published_state_dict(path)
+        config = DecoderConfig()
+        card = {
+            "name": "halo-published",
+            "source": "published HALO base checkpoint (3DV 2021), converted on load",
+            "sha256": file_sha256(path),
+        }
+    card["path"] = path.name
+    decoder = OccupancyDecoder(config)
+    decoder.load_state_dict(state)
+    return decoder.to(device).eval(), card
