@@ -19,8 +19,9 @@ import numpy as np
 import trimesh
 
 import models
+from models import skeleton
 from service.batching import Batcher
-from service.codecs import InputError
+from service.codecs import InputError, check_object_size
 from service.config import Settings
 from service.metrics import Metrics
 
@@ -57,21 +58,12 @@ def parse_hand(keypoints: Any, joint_order: str = "mano", hand: str = "right", f
     if array.shape != (21, 3):
         raise InputError(f"{field}keypoints: expected 21 x 3 values, got shape {list(array.shape)}")
     try:
-        order = models.skeleton.resolve_joint_order(joint_order)
-        handedness = models.skeleton.resolve_hand(hand)
+        order = skeleton.resolve_joint_order(joint_order)
+        handedness = skeleton.resolve_hand(hand)
         models.validate_keypoints(array, joint_order=order)
     except ValueError as error:
         raise InputError(f"{field}{error}") from error
     return HandInput(array, order, handedness)
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; other names pass through."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 class Engine:
@@ -86,7 +78,7 @@ class Engine:
             max_delay_s=settings.max_queue_delay_ms / 1000.0,
             max_queue_size=settings.max_queue_size,
         )
-        self.device = resolve_device(settings.device)
+        self.device = str(models.resolve_device(settings.device))
         self.base: Any = None
         self.vae: Any = None
         self.unavailable: dict[str, str] = {}
@@ -273,11 +265,8 @@ class Engine:
         self, obj: trimesh.Trimesh, count: int, seed: int, refine: bool, deadline: float
     ) -> AsyncIterator[Any]:
         """Grasps for an object, one at a time; grasp i is sampled with seed ``seed + i``."""
+        check_object_size(obj, self.settings.max_object_faces)
         vae = self.require("vae")
-        if len(obj.faces) > self.settings.max_object_faces:
-            raise InputError(
-                f"object.faces: {len(obj.faces)} faces; the limit is {self.settings.max_object_faces}"
-            )
 
         def run(jobs: Sequence[int]) -> list[Any]:
             (grasp_seed,) = jobs

@@ -97,13 +97,7 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
         return self.engine.deadline(context.time_remaining())
 
     def _object(self, request: halo_pb2.GenerateGraspsRequest) -> Any:
-        self.engine.require("vae")
-        obj = packed_to_mesh(request.object.vertices, request.object.faces, field="object")
-        if len(obj.faces) > self.engine.settings.max_object_faces:
-            raise InputError(
-                f"object.faces: {len(obj.faces)} faces; the limit is {self.engine.settings.max_object_faces}"
-            )
-        return obj
+        return packed_to_mesh(request.object.vertices, request.object.faces, field="object")
 
     async def GenerateMesh(self, request, context):  # noqa: N802 (gRPC method names)
         hands = [hand_from_proto(h, f"hands[{i}].") for i, h in enumerate(request.hands)]

@@ -29,7 +29,6 @@ from service.codecs import (
     InputError,
     PayloadTooLargeError,
     arrays_to_mesh,
-    check_object_size,
     decode_upload,
     mesh_to_dict,
     meshes_to_file,
@@ -260,7 +259,6 @@ def create_app(engine: Engine) -> FastAPI:
         description="Hand meshes from 21 keypoints, occupancy queries and grasps, batched on one engine.",
     )
     app.state.engine = engine
-    settings = engine.settings
     auth = [Depends(check_token)]
 
     @app.exception_handler(RequestValidationError)
@@ -340,7 +338,6 @@ def create_app(engine: Engine) -> FastAPI:
         },
     )
     async def grasps(request: Request, engine: EngineDep) -> Response:
-        engine.require("vae")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "multipart/form-data":
             obj, params = await _read_upload(request, engine)
@@ -350,7 +347,6 @@ def create_app(engine: Engine) -> FastAPI:
             except ValidationError as error:
                 raise InputError(_validation_message(list(error.errors()))) from error
             obj = arrays_to_mesh(np.asarray(body.object.vertices), np.asarray(body.object.faces))
-            check_object_size(obj, settings.max_object_faces)
             params = body
         else:
             return error_response(

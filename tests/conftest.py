@@ -1,0 +1,140 @@
+"""Shared fixtures. Server fixtures run the real server (both front ends, one engine) on 127.0.0.1
+ephemeral ports in a background thread with its own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_DIR = REPO_ROOT.parent / "shared" / "halo_reference"
+SHIPPED_BASE = REPO_ROOT / "models" / "checkpoints" / "halo_base.safetensors"
+PUBLISHED_BASE = REFERENCE_DIR / "model_best.pt"
+
+
+@pytest.fixture(scope="session")
+def base_checkpoint() -> Path:
+    """The shipped base checkpoint, else the published HALO one beside the repo (skip if neither)."""
+    for path in (SHIPPED_BASE, PUBLISHED_BASE):
+        if path.is_file():
+            return path
+    pytest.skip("no base checkpoint: neither models/checkpoints/halo_base.safetensors nor ../shared/halo_reference")
+
+
+@pytest.fixture(scope="session")
+def reference_keypoints() -> np.ndarray:
+    """(17,21,3) reference hand poses in metres, mano order (skip if the reference data is absent)."""
+    path = REFERENCE_DIR / "reference.npz"
+    if not path.is_file():
+        pytest.skip("reference keypoints ../shared/halo_reference/reference.npz are absent")
+    return np.load(path)["keypoints_mano_m"].astype(np.float64)
+
+
+@dataclass
+class RunningServer:
+    """A HaloServer running in a background thread; ``engine`` and ``metrics`` are the live objects."""
+
+    server: object
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.server.grpc_port}"
+
+    @property
+    def engine(self):
+        return self.server.engine
+
+    def metric(self, name: str, labels: dict | None = None) -> float:
+        """Current value of one sample in the server's registry (0 when never set)."""
+        return self.server.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+    def call(self, coroutine) -> object:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(120)
+
+    def stop(self) -> None:
+        self.call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+
+
+def start_server(**overrides) -> RunningServer:
+    """Start a server with test-sized settings (resolution 64, small queue) plus ``overrides``."""
+    from service.config import Settings
+    from service.server import HaloServer
+
+    settings = Settings(
+        **{
+            "host": "127.0.0.1",
+            "http_port": 0,
+            "grpc_port": 0,
+            "device": "cpu",
+            "default_resolution": 64,
+            "max_resolution": 128,
+            "max_queue_delay_ms": 20,
+            "grace_period_s": 30,
+            "log_level": "warning",
+        }
+        | overrides
+    )
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder: dict = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def boot() -> None:
+            holder["server"] = HaloServer(settings)
+            await holder["server"].start()
+
+        try:
+            loop.run_until_complete(boot())
+        except BaseException as error:  # reported to the test thread below
+            holder["error"] = error
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="halo-test-server", daemon=True)
+    thread.start()
+    started.wait(300)
+    if "error" in holder:
+        raise holder["error"]
+    return RunningServer(holder["server"], loop, thread)
+
+
+@pytest.fixture
+def server_factory(base_checkpoint: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers on the test's base checkpoint; every one is stopped at teardown."""
+    running: list[RunningServer] = []
+
+    def factory(**overrides) -> RunningServer:
+        server = start_server(base_checkpoint=base_checkpoint, **overrides)
+        running.append(server)
+        return server
+
+    yield factory
+    for server in running:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def live_server(base_checkpoint: Path) -> Iterator[RunningServer]:
+    """One shared server per test module, on the real base model."""
+    server = start_server(base_checkpoint=base_checkpoint)
+    yield server
+    server.stop()
