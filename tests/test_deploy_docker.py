@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from service.config import Settings
 
@@ -168,6 +169,9 @@ def test_compose_config_is_valid_and_wires_the_stack() -> None:
     grafana = _bind_mounts(services["grafana"])
     assert grafana["/etc/grafana/provisioning"] == ROOT / "docker" / "grafana" / "provisioning"
     assert grafana["/var/lib/grafana/dashboards"] == ROOT / "docker" / "grafana" / "dashboards"
+    (provider,) = yaml.safe_load((grafana["/etc/grafana/provisioning"] / "dashboards" / "halo.yml").read_text())[
+        "providers"]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
     assert (ROOT / "docker" / "grafana" / "dashboards" / "halo.json").is_file()
 
 

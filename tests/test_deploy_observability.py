@@ -21,6 +21,7 @@ from service.metrics import Metrics
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = ROOT / "docker" / "prometheus"
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "halo.json"
+DATASOURCES = ROOT / "docker" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 ADAPTER_RULES = ROOT / "k8s" / "prometheus-adapter" / "configmap.yaml"
 HPA = ROOT / "k8s" / "base" / "hpa.yaml"
 # Series Prometheus itself attaches to every scrape target.
@@ -171,3 +172,22 @@ def test_promtool_rejects_a_broken_query(tmp_path: Path) -> None:
         {"record": "check:broken", "expr": "sum by (le (rate(halo_batch_size_bucket[1m]))"}]}]}))
     result = subprocess.run([_promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
+
+
+def test_dashboard_layout_and_datasource() -> None:
+    """Panels use the provisioned datasource, have unique ids and tile the 24-column grid without overlap."""
+    (datasource,) = yaml.safe_load(DATASOURCES.read_text())["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        for ref in (panel["datasource"], *(target["datasource"] for target in panel["targets"])):
+            assert ref == {"type": "prometheus", "uid": datasource["uid"]}, panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        columns, rows = range(grid["x"], grid["x"] + grid["w"]), range(grid["y"], grid["y"] + grid["h"])
+        area = {(x, y) for x in columns for y in rows}
+        assert not area & cells, f"{panel['title']} overlaps another panel"
+        cells |= area

@@ -38,6 +38,8 @@ REFERENCE = ROOT.parent / "shared" / "halo_reference"
 SAMPLE_KEYPOINTS = ROOT / "models" / "assets" / "sample_keypoints.json"
 START_BUDGET_S = 240  # model load + warm-up on a busy 2-core machine
 SCRAPE_INTERVAL = "1s"
+ADAPTER_RULES = ROOT / "k8s" / "prometheus-adapter" / "configmap.yaml"
+POD_LABELS = {"namespace": "halo-test", "pod": "halo-0"}
 
 pytestmark = pytest.mark.slow
 
@@ -140,6 +142,9 @@ def prometheus(server: dict[str, int], tmp_path_factory: pytest.TempPathFactory)
     loopback = {"halo": f"127.0.0.1:{server['http']}", "prometheus": f"127.0.0.1:{port}"}
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [loopback[job["job_name"]]]}]
+    # The labels a ServiceMonitor scrape adds in Kubernetes, so the prometheus-adapter rule can be run here.
+    halo_job = next(job for job in config["scrape_configs"] if job["job_name"] == "halo")
+    halo_job["static_configs"][0]["labels"] = POD_LABELS
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     for rule_file in config["rule_files"]:
         shutil.copy(PROMETHEUS_DIR / rule_file, workdir / rule_file)
@@ -287,3 +292,17 @@ def test_alert_rules_are_loaded_healthy_and_quiet(prometheus: str, traffic: dict
         assert rule["health"] == "ok", rule
         # A healthy, lightly loaded server: nothing may be pending or firing.
         assert rule["state"] == "inactive", rule
+
+
+def test_prometheus_adapter_rule_yields_the_per_pod_queue_metric(prometheus: str, traffic: dict[str, int]) -> None:
+    """The adapter's series discovery and metrics query, templated as it templates them for one pod."""
+    config = yaml.safe_load(yaml.safe_load(ADAPTER_RULES.read_text())["data"]["config.yaml"])
+    (rule,) = config["rules"]
+    series = httpx.get(f"{prometheus}/api/v1/series", params={"match[]": rule["seriesQuery"]}, timeout=10).json()
+    assert [s["__name__"] for s in series["data"]] == ["halo_queue_depth"]
+    matchers = ",".join(f'{key}="{value}"' for key, value in POD_LABELS.items())
+    promql = (rule["metricsQuery"].replace("<<.Series>>", "halo_queue_depth")
+              .replace("<<.LabelMatchers>>", matchers).replace("<<.GroupBy>>", "pod"))
+    (sample,) = query(prometheus, promql)
+    assert sample["metric"] == {"pod": POD_LABELS["pod"]}
+    assert float(sample["value"][1]) >= 0
