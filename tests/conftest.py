@@ -138,3 +138,23 @@ def live_server(base_checkpoint: Path) -> Iterator[RunningServer]:
     server = start_server(base_checkpoint=base_checkpoint)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict[str, np.ndarray]:
+    """All arrays of the original implementation's reference.npz (skip if absent)."""
+    path = REFERENCE_DIR / "reference.npz"
+    if not path.is_file():
+        pytest.skip("../shared/halo_reference/reference.npz is absent (third-party reference data, not committed)")
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="session")
+def published_base():
+    """The published HALO checkpoint loaded through our converter (skip if absent)."""
+    import models
+
+    if not PUBLISHED_BASE.is_file():
+        pytest.skip("../shared/halo_reference/model_best.pt is absent (third-party checkpoint, not committed)")
+    return models.load_base(PUBLISHED_BASE, device="cpu")
