@@ -88,6 +88,8 @@ def test_build_stage_runs_the_readme_install_script(dockerfile: Path) -> None:
     build, *_ = _stages(dockerfile)
     runs = " ".join(rest for keyword, rest in build if keyword == "RUN")
     assert "scripts/setup.sh" in runs
+    # COPY keeps the working tree's file modes: a 0600 checkpoint would be unreadable by the server's user.
+    assert "chmod -R a+rX /app" in runs
     copied = " ".join(rest for keyword, rest in build if keyword == "COPY")
     for needed in ("pyproject.toml", "scripts/setup.sh", "models/", "service/", "proto/"):
         assert needed in copied, f"build stage does not copy {needed}"
