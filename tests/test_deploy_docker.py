@@ -18,7 +18,8 @@ import pytest
 import yaml
 from docker.utils.build import exclude_paths
 
-from service.config import Settings
+from service.cli import build_parser
+from service.config import Settings, settings_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -117,8 +118,10 @@ def test_final_stage_is_slim_non_root_and_health_checked(dockerfile: Path) -> No
     expose = " ".join(rest for keyword, rest in final if keyword == "EXPOSE").split()
     assert {"8000", "50051"} <= set(expose)
     (cmd,) = [json.loads(rest) for keyword, rest in final if keyword == "CMD"]
-    assert cmd[:2] == ["halo", "serve"]
-    assert cmd[cmd.index("--http-port") + 1] == "8000" and cmd[cmd.index("--grpc-port") + 1] == "50051"
+    assert cmd[0] == "halo"
+    # The real `halo` CLI parses the command into the settings the EXPOSEd ports promise.
+    settings = settings_from_args(build_parser().parse_args(cmd[1:]))
+    assert (settings.host, settings.http_port, settings.grpc_port) == ("0.0.0.0", 8000, 50051)
 
 
 def test_cuda_image_uses_a_cuda_runtime_base_and_the_cuda_wheel() -> None:

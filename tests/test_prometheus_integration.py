@@ -4,6 +4,7 @@ queries work against what `halo serve` actually exports.
 Starts `halo serve` on 127.0.0.1 (ephemeral ports) and Debian's `prometheus` binary with
 docker/prometheus/prometheus.yml, its `halo` target rewritten to the server and the scrape interval
 shortened, sends REST and gRPC requests, and reads the results back through Prometheus' HTTP API.
+The same server also answers the images' HEALTHCHECK command.
 """
 
 from __future__ import annotations
@@ -306,3 +307,19 @@ def test_prometheus_adapter_rule_yields_the_per_pod_queue_metric(prometheus: str
     (sample,) = query(prometheus, promql)
     assert sample["metric"] == {"pod": POD_LABELS["pod"]}
     assert float(sample["value"][1]) >= 0
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
+def test_image_health_check_command_passes_against_the_server(server: dict[str, int], dockerfile: str) -> None:
+    """The HEALTHCHECK one-liner of each image, pointed at this server, exits 0; at a closed port it fails."""
+    text = (ROOT / "docker" / dockerfile).read_text().replace("\\\n", " ")
+    (line,) = [line for line in text.splitlines() if line.startswith("HEALTHCHECK")]
+    command = json.loads(line[line.index("CMD") + 3:])
+    assert command[0] == "python"
+
+    def run(port: int) -> int:
+        argv = [sys.executable, *(arg.replace(":8000/", f":{port}/") for arg in command[1:])]
+        return subprocess.run(argv, capture_output=True, timeout=30).returncode
+
+    assert run(server["http"]) == 0
+    assert run(_free_port()) != 0
