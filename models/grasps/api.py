@@ -1,0 +1,97 @@
+"""The public grasp model: ``vae.sample(object_mesh, n, seed, refine=True) -> list[Grasp]``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+
+from ..api import CHECKPOINT_DIR, HaloBase, load_base, resolve_device
+from . import hand_object
+from .metrics import grasp_metrics
+from .model import GraspVAE, load_vae_weights
+from .object_input import ObjectError, bps_basis, object_points, validate_object
+
+SHIPPED_VAE = CHECKPOINT_DIR / "halo_vae.safetensors"
+MAX_SAMPLES = 64
+
+
+class GraspRequestError(ValueError):
+    """Invalid sampling request; the message starts with the field name, e.g. ``n: ...``."""
+
+
+@dataclass
+class Grasp:
+    """One sampled grasp in the caller's object frame."""
+
+    keypoints: np.ndarray  # (21,3) metres, mano order
+    mesh: trimesh.Trimesh  # watertight hand mesh, metres
+    metrics: dict = field(default_factory=dict)  # see metrics.grasp_metrics, plus "refined"
+
+
+class HaloVAE:
+    """A loaded grasp VAE on top of a HALO base model (which meshes the hands and drives refinement)."""
+
+    def __init__(self, model: GraspVAE, card: dict, base: HaloBase) -> None:
+        self.model = model
+        self.card = card
+        self.base = base
+        self.device = base.device
+        config = model.config
+        self.basis = bps_basis(config.bps_points, config.bps_radius_m, config.bps_seed)
+        for parameter in base.decoder.parameters():
+            parameter.requires_grad_(False)
+
+    def sample_keypoints(self, object_mesh: trimesh.Trimesh, n: int, seed: int = 0, refine_steps: bool = True,
+                         refine_config: hand_object.RefineConfig | None = None) -> np.ndarray:
+        """Validated object mesh (metres) -> (n,21,3) mano keypoints in its frame (optionally refined)."""
+        points = object_points(object_mesh, self.basis, seed=seed)
+        as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
+        generator = torch.Generator().manual_seed(seed)
+        latent = torch.randn(n, self.model.config.latent, generator=generator).to(self.device)
+        with torch.no_grad():
+            code = self.model.object_code(as_tensor(points.bps)[None]).expand(n, -1)
+            keypoints = self.model.decode(latent, code)
+        if refine_steps:
+            interior = as_tensor(points.interior)[None].expand(n, -1, -1)
+            surface = as_tensor(points.surface)[None].expand(n, -1, -1)
+            keypoints = hand_object.refine(self.base.decoder, keypoints, interior, surface, refine_config)
+        return keypoints.double().cpu().numpy() + points.centre
+
+    def sample(self, object_mesh: trimesh.Trimesh, n: int = 10, seed: int = 0, refine: bool = True,
+               resolution: int = 128) -> list[Grasp]:
+        """Object mesh (metres) -> n grasps, each with keypoints (21,3), hand mesh and metrics; raises ObjectError."""
+        obj = validate_object(object_mesh)
+        if not isinstance(n, int | np.integer) or not 1 <= n <= MAX_SAMPLES:
+            raise GraspRequestError(f"n: expected an integer from 1 to {MAX_SAMPLES}, got {n!r}")
+        started = time.perf_counter()
+        keypoints = self.sample_keypoints(obj, int(n), seed, refine)
+        sampled = time.perf_counter()
+        meshes = self.base.mesh(keypoints, resolution=resolution)
+        meshed = time.perf_counter()
+        grasps = []
+        for joints, mesh in zip(keypoints, meshes, strict=True):
+            metrics = {**grasp_metrics(mesh, obj), "refined": bool(refine)}
+            grasps.append(Grasp(keypoints=joints, mesh=mesh, metrics=metrics))
+        timing = {"sample_s": sampled - started, "mesh_s": meshed - sampled, "metrics_s": time.perf_counter() - meshed}
+        for grasp in grasps:
+            grasp.metrics["batch_timing"] = timing
+        return grasps
+
+
+def load_vae(path: str | Path | None = None, base: HaloBase | None = None, device: str | torch.device = "cpu") -> HaloVAE:
+    """Load the grasp VAE: ``None`` -> the shipped checkpoint; ``base`` defaults to the shipped base model."""
+    if path is None:
+        if not SHIPPED_VAE.is_file():
+            raise FileNotFoundError("checkpoint: the shipped VAE checkpoint is not installed; pass a path")
+        path = SHIPPED_VAE
+    base = base if base is not None else load_base(device=device)
+    model, card = load_vae_weights(path, resolve_device(base.device))
+    return HaloVAE(model, card, base)
+
+
+__all__ = ["Grasp", "GraspRequestError", "HaloVAE", "ObjectError", "load_vae"]

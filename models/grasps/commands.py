@@ -1,0 +1,126 @@
+"""Command-line entries for grasps (``halo grasps``, ``halo train vae``, ``halo eval vae``).
+
+They only register argparse sub-commands and call the library; the ``halo`` program wires them in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+OBJECT_FORMATS = (".obj", ".ply", ".stl", ".glb", ".gltf", ".off")
+
+
+def _load_models(args: argparse.Namespace):
+    from ..api import load_base
+    from .api import load_vae
+
+    base = load_base(args.base_checkpoint, device=args.device)
+    return load_vae(args.checkpoint, base=base, device=args.device)
+
+
+def read_object(path: Path) -> trimesh.Trimesh:
+    """An object mesh file (.obj/.ply/.stl/.glb/...) -> one triangle mesh (scenes are merged)."""
+    from .object_input import ObjectError
+
+    if path.suffix.lower() not in OBJECT_FORMATS:
+        raise ObjectError(f"object: unknown mesh format {path.suffix!r}; use one of {', '.join(OBJECT_FORMATS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"object: no such file {path}")
+    loaded = trimesh.load(str(path), force="mesh", process=False)
+    return loaded
+
+
+def run_grasps(args: argparse.Namespace) -> int:
+    """``halo grasps OBJECT -n 10 -o out/``: hand meshes grasp_XX.ply and grasps.json (keypoints, metrics)."""
+    obj = read_object(Path(args.object))
+    vae = _load_models(args)
+    grasps = vae.sample(obj, n=args.n, seed=args.seed, refine=not args.no_refine, resolution=args.resolution)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for index, grasp in enumerate(grasps):
+        name = f"grasp_{index:02d}.{args.format}"
+        grasp.mesh.export(out / name)
+        records.append({"mesh": name, "keypoints": np.round(grasp.keypoints, 6).tolist(), "metrics": grasp.metrics})
+    summary = {"object": Path(args.object).name, "n": len(grasps), "seed": args.seed,
+               "refined": not args.no_refine, "units": "metres, object frame, mano joint order",
+               "vae": vae.card.get("name"), "base": vae.base.card.get("name"), "grasps": records}
+    (out / "grasps.json").write_text(json.dumps(summary, indent=2) + "\n")
+    touching = sum(g.metrics["contact"] for g in grasps)
+    print(f"{out}: {len(grasps)} grasps, {touching} in contact, "
+          f"mean penetration {np.mean([g.metrics['penetration_volume_cm3'] for g in grasps]):.2f} cm3")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``halo eval vae``: metrics table on test objects (refined, raw, synthesis data)."""
+    from ..data.objects import split_indices
+    from ..train.vae import load_grasp_data
+    from .evaluate import evaluate_vae, format_table
+
+    vae = _load_models(args)
+    data_keypoints: dict[int, np.ndarray] = {}
+    indices = split_indices("test", args.objects)
+    if args.data:
+        test = load_grasp_data(Path(args.data)).subset("test")
+        indices = [int(i) for i in test.object_index[: args.objects]]
+        for row, index in enumerate(test.object_index):
+            data_keypoints[int(index)] = test.keypoints[test.owner == row].numpy()
+    result = evaluate_vae(vae, indices, args.samples, args.resolution, data_keypoints, args.seed)
+    result["vae"] = {"name": vae.card.get("name"), "sha256": vae.card.get("sha256")}
+    result["base"] = {"name": vae.base.card.get("name"), "sha256": vae.base.card.get("sha256")}
+    result["object_indices"] = indices
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default=None, help="VAE .safetensors (default: the shipped one)")
+    parser.add_argument("--base-checkpoint", default=None, help="base model (default: the shipped one)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--resolution", type=int, default=128, choices=(64, 128, 256, 512))
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def add_grasps_command(commands: argparse._SubParsersAction) -> None:
+    """Register ``grasps`` on the ``halo`` sub-command parser."""
+    parser = commands.add_parser("grasps", help="object mesh -> sampled hand grasps (meshes + metrics JSON)")
+    parser.add_argument("object", help="object mesh in metres: .obj, .ply, .stl or .glb")
+    parser.add_argument("-n", type=int, default=10, help="number of grasps (1-64)")
+    parser.add_argument("-o", "--output", required=True, help="output folder")
+    parser.add_argument("--format", default="ply", choices=("ply", "obj", "glb", "stl"))
+    parser.add_argument("--no-refine", action="store_true", help="skip the occupancy-based refinement")
+    _model_arguments(parser)
+    parser.set_defaults(func=run_grasps)
+
+
+def add_eval_vae_command(eval_commands: argparse._SubParsersAction) -> None:
+    """Register ``vae`` on the ``halo eval`` sub-command parser."""
+    parser = eval_commands.add_parser("vae", help="grasp metrics on held-out test objects, with baselines")
+    parser.add_argument("--data", default=None, help="grasp data folder (adds the synthesis-data baseline)")
+    parser.add_argument("--objects", type=int, default=10, help="number of test objects")
+    parser.add_argument("--samples", type=int, default=20, help="grasps per object")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    _model_arguments(parser)
+    parser.set_defaults(func=run_eval)
+
+
+def add_train_vae_command(train_commands: argparse._SubParsersAction) -> None:
+    """Register ``vae`` on the ``halo train`` sub-command parser (arguments as ``models.train.vae``)."""
+    parser = train_commands.add_parser("vae", help="train the HALO-VAE on synthesised grasps", add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.set_defaults(func=lambda args: _train(args.rest))
+
+
+def _train(argv: list[str]) -> int:
+    from ..train.vae import main
+
+    main(argv)
+    return 0

@@ -1,0 +1,116 @@
+"""Object meshes as the grasp VAE sees them: validation, the object-centred frame, point sets, BPS code.
+
+Units: object meshes are in metres. The object-centred frame is the input frame shifted so that the
+centre of the bounding box is at the origin (no rotation), so grasps come back in the caller's frame
+by adding ``centre`` again. Inside / outside follows the generalised winding number (see metrics).
+
+The basis point set (BPS) code is the distance from a fixed set of points in a ball around the
+origin to the object surface: a fixed-length, order-free description of the shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import trimesh
+
+from .metrics import inside_mesh, surface_distance
+
+MIN_EXTENT_M, MAX_EXTENT_M = 0.005, 0.5
+MAX_FACES = 200_000
+SURFACE_POINTS = 512
+INTERIOR_POINTS = 512
+BPS_POINTS = 512
+BPS_RADIUS_M = 0.15
+
+
+class ObjectError(ValueError):
+    """Invalid object mesh; the message starts with the field name, ``object: ...``."""
+
+
+def validate_object(mesh: object) -> trimesh.Trimesh:
+    """Any mesh-like input -> a checked triangle mesh in metres; raises ObjectError with the reason."""
+    if isinstance(mesh, trimesh.Scene):
+        mesh = mesh.to_geometry() if mesh.geometry else trimesh.Trimesh()
+    if not isinstance(mesh, trimesh.Trimesh):
+        raise ObjectError(f"object: expected a triangle mesh, got {type(mesh).__name__}")
+    if len(mesh.vertices) == 0 or len(mesh.faces) == 0:
+        raise ObjectError("object: the mesh is empty (no vertices or no faces)")
+    if len(mesh.faces) > MAX_FACES:
+        raise ObjectError(f"object: {len(mesh.faces)} faces, at most {MAX_FACES} allowed; simplify the mesh")
+    vertices = np.asarray(mesh.vertices)
+    if not np.isfinite(vertices).all():
+        raise ObjectError("object: vertex coordinates contain NaN or infinite values")
+    faces = np.asarray(mesh.faces)
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise ObjectError("object: faces index vertices that do not exist")
+    extent = float(np.ptp(vertices, axis=0).max())
+    if not MIN_EXTENT_M <= extent <= MAX_EXTENT_M:
+        if 1.0 <= extent <= 50.0:
+            hint = "it looks like centimetres: multiply by 0.01"
+        elif 10.0 <= extent <= 500.0:
+            hint = "it looks like millimetres: multiply by 0.001"
+        else:
+            hint = "graspable objects are 0.5-50 cm"
+        raise ObjectError(
+            f"object: largest extent is {extent:.4g}, expected {MIN_EXTENT_M}-{MAX_EXTENT_M} m; "
+            f"object meshes must be in metres ({hint})"
+        )
+    return trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
+
+
+def bps_basis(count: int, radius: float, seed: int = 0) -> np.ndarray:
+    """(count,3) fixed basis points, uniform in a ball of ``radius`` metres (deterministic for a seed)."""
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(count, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    return directions * radius * np.cbrt(rng.uniform(size=(count, 1)))
+
+
+@dataclass
+class ObjectPoints:
+    """One object in its centred frame: BPS code and point sets for the occupancy losses (metres)."""
+
+    centre: np.ndarray  # (3,) bounding-box centre in the input frame
+    bps: np.ndarray  # (K,) distance of each basis point to the surface
+    surface: np.ndarray  # (S,3) area-uniform surface samples
+    interior: np.ndarray  # (I,3) samples inside the object (surface samples if it has no inside)
+
+
+def interior_samples(mesh: trimesh.Trimesh, count: int, rng: np.random.Generator) -> np.ndarray:
+    """(count,3) points inside ``mesh`` by rejection in its box; surface points if nothing is inside."""
+    low, high = mesh.bounds
+    found = np.zeros((0, 3))
+    for _ in range(8):
+        candidates = rng.uniform(low, high, size=(8 * count, 3))
+        found = np.concatenate([found, candidates[inside_mesh(mesh, candidates)]])
+        if len(found) >= count:
+            return found[:count]
+    if len(found) == 0:
+        return trimesh.sample.sample_surface(mesh, count, seed=rng)[0]
+    return found[rng.integers(0, len(found), count)]
+
+
+def object_points(mesh: trimesh.Trimesh, basis: np.ndarray, seed: int = 0) -> ObjectPoints:
+    """Validated mesh (metres), (K,3) BPS basis -> ObjectPoints in the bounding-box-centred frame."""
+    rng = np.random.default_rng(seed)
+    centre = mesh.bounds.mean(axis=0)
+    centred = mesh.copy()
+    centred.apply_translation(-centre)
+    surface = trimesh.sample.sample_surface(centred, SURFACE_POINTS, seed=rng)[0]
+    return ObjectPoints(
+        centre=centre,
+        bps=surface_distance(centred, basis),
+        surface=np.asarray(surface),
+        interior=interior_samples(centred, INTERIOR_POINTS, rng),
+    )
+
+
+def stack_points(items: list[ObjectPoints]) -> dict[str, torch.Tensor]:
+    """ObjectPoints list -> float32 tensors bps (O,K), surface (O,S,3), interior (O,I,3), centre (O,3)."""
+    return {
+        name: torch.as_tensor(np.stack([getattr(item, name) for item in items]), dtype=torch.float32)
+        for name in ("bps", "surface", "interior", "centre")
+    }

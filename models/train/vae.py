@@ -1,0 +1,228 @@
+"""Train the HALO-VAE on synthesised grasps (``halo train vae``): resumable, with a progress bar and curves.
+
+Loss per batch (keypoints in metres, reported in cm):
+
+    recon     mean squared keypoint error, cm^2
+    kl        KL(q(z | keypoints, object) || N(0, I)), nats, weight ramped up over the first 20 % of steps
+    bones     mean absolute bone-length error, cm
+    halo      (only with a base model) on a sub-batch of decoded hands, through the frozen occupancy:
+              penetration (mean occupancy of object interior points) + contact (hinge on the best
+              surface logit) + fingertip distance to the surface, as in ``grasps.hand_object``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..api import load_base
+from ..grasps.hand_object import bone_vectors, hand_object_terms
+from ..grasps.model import GraspVAE, VAEConfig, kl_divergence, save_vae
+from ..occupancy import OccupancyDecoder
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 6000
+    batch: int = 256
+    learning_rate: float = 1e-3
+    kl_weight: float = 0.02
+    bone_weight: float = 1.0
+    halo_batch: int = 32
+    halo_points: int = 128
+    w_penetration: float = 20.0
+    w_contact: float = 0.05
+    w_fingertips: float = 0.3  # per cm
+    time_budget_min: float = 0.0  # stop after this many minutes (0: no limit)
+    seed: int = 0
+
+
+@dataclass
+class GraspData:
+    """All shards of a synthesised data set: objects and the grasps that point to them."""
+
+    keypoints: torch.Tensor  # (G,21,3) metres, object-centred
+    owner: torch.Tensor  # (G,) row of the grasp's object
+    bps: torch.Tensor  # (O,K) metres
+    surface: torch.Tensor  # (O,S,3)
+    interior: torch.Tensor  # (O,I,3)
+    object_index: np.ndarray  # (O,) procedural object number
+    split: np.ndarray  # (O,) train / val / test
+    attempts: int
+    seconds: float
+
+    def subset(self, split: str) -> GraspData:
+        """Only the objects of ``split`` and their grasps (rows renumbered)."""
+        keep = np.flatnonzero(self.split == split)
+        rows = np.full(len(self.split), -1)
+        rows[keep] = np.arange(len(keep))
+        mask = torch.as_tensor(np.isin(self.owner.numpy(), keep))
+        return GraspData(
+            self.keypoints[mask], torch.as_tensor(rows)[self.owner[mask]], self.bps[keep], self.surface[keep],
+            self.interior[keep], self.object_index[keep], self.split[keep], self.attempts, self.seconds,
+        )
+
+
+def load_grasp_data(folder: Path) -> GraspData:
+    """Folder of ``shard_*.npz`` (from ``models.data.grasp_synthesis``) -> GraspData."""
+    shards = sorted(folder.glob("shard_*[0-9].npz"))
+    if not shards:
+        raise FileNotFoundError(f"data: no shard_*.npz files in {folder}; run models.data.grasp_synthesis first")
+    parts: dict[str, list] = {key: [] for key in ("keypoints", "owner", "bps", "surface", "interior", "index", "split")}
+    attempts, seconds, objects = 0, 0.0, 0
+    for shard in shards:
+        with np.load(shard) as data:
+            parts["keypoints"].append(data["keypoints"])
+            parts["owner"].append(data["grasp_object"] + objects)
+            for key in ("bps", "surface", "interior"):
+                parts[key].append(data[key])
+            parts["index"].append(data["object_index"])
+            parts["split"].append(data["object_split"])
+            attempts += int(data["attempts"])
+            seconds += float(data["seconds"])
+            objects += len(data["object_index"])
+    cat = lambda key: np.concatenate(parts[key])  # noqa: E731
+    as_tensor = lambda key: torch.as_tensor(cat(key), dtype=torch.float32)  # noqa: E731
+    return GraspData(
+        as_tensor("keypoints"), torch.as_tensor(cat("owner")), as_tensor("bps"), as_tensor("surface"),
+        as_tensor("interior"), cat("index"), cat("split"), attempts, seconds,
+    )
+
+
+def batch_losses(model: GraspVAE, data: GraspData, rows: torch.Tensor, config: TrainConfig, kl_scale: float,
+                 decoder: OccupancyDecoder | None) -> dict[str, torch.Tensor]:
+    """One batch of grasp rows -> dict of scalar losses (``total`` is optimised)."""
+    target = data.keypoints[rows]
+    owner = data.owner[rows]
+    recon, mean, log_variance = model(target, data.bps[owner])
+    losses = {
+        "recon": ((recon - target) * 100).pow(2).sum(-1).mean(),
+        "kl": kl_divergence(mean, log_variance).mean(),
+        "bones": ((bone_vectors(recon).norm(dim=-1) - bone_vectors(target).norm(dim=-1)).abs() * 100).mean(),
+    }
+    total = losses["recon"] + config.kl_weight * kl_scale * losses["kl"] + config.bone_weight * losses["bones"]
+    if decoder is not None:
+        sub, points = slice(0, config.halo_batch), slice(0, config.halo_points)
+        terms = hand_object_terms(decoder, recon[sub], data.interior[owner[sub], points], data.surface[owner[sub], points])
+        losses.update(penetration=terms.penetration.mean(), contact=terms.contact.mean(),
+                      fingertips=terms.fingertips.mean() * 100)
+        total = total + (config.w_penetration * losses["penetration"] + config.w_contact * losses["contact"]
+                         + config.w_fingertips * losses["fingertips"])
+    losses["total"] = total
+    return losses
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> None:
+    """Loss history (one dict per logged step) -> PNG with one panel per loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [key for key in history[0] if key not in ("step", "split")]
+    figure, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
+    for axis, key in zip(np.atleast_1d(axes), keys, strict=True):
+        for split in ("train", "val"):
+            rows = [h for h in history if h["split"] == split and key in h]
+            if rows:
+                axis.plot([h["step"] for h in rows], [h[key] for h in rows], label=split)
+        axis.set_title(key)
+        axis.set_xlabel("step")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, base_path: Path | None,
+              vae_config: VAEConfig | None = None, checkpoint_every: int = 250) -> dict:
+    """Train (resuming from ``run_dir/state.pt``), write curves and the final safetensors + card to ``out``."""
+    torch.manual_seed(config.seed)
+    data = load_grasp_data(data_dir)
+    train, val = data.subset("train"), data.subset("val")
+    model = GraspVAE(vae_config)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    base = load_base(base_path) if base_path is not None else None
+    decoder = base.decoder.requires_grad_(False) if base is not None else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "state.pt"
+    step, history, elapsed = 0, [], 0.0
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        step, history, elapsed = state["step"], state["history"], state["elapsed"]
+    generator = torch.Generator().manual_seed(config.seed + step)
+    started = time.perf_counter() - elapsed
+    bar = tqdm(total=config.steps, initial=step, desc="vae", dynamic_ncols=True)
+    while step < config.steps:
+        if config.time_budget_min and time.perf_counter() - started > 60 * config.time_budget_min:
+            break
+        progress = step / config.steps
+        for group in optimiser.param_groups:
+            group["lr"] = config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+        model.train()
+        rows = torch.randint(len(train.keypoints), (config.batch,), generator=generator)
+        losses = batch_losses(model, train, rows, config, min(1.0, progress / 0.2), decoder)
+        optimiser.zero_grad()
+        losses["total"].backward()
+        optimiser.step()
+        step += 1
+        bar.update(1)
+        if step % 50 == 0 or step == config.steps:
+            history.append({"step": step, "split": "train", **{k: float(v) for k, v in losses.items()}})
+            bar.set_postfix(recon=f"{float(losses['recon']):.2f}", kl=f"{float(losses['kl']):.1f}")
+        if (step % checkpoint_every == 0 or step == config.steps) and len(val.keypoints):
+            model.eval()
+            with torch.no_grad():
+                rows = torch.arange(min(len(val.keypoints), 1024))
+                val_losses = batch_losses(model, val, rows, config, 1.0, None)
+            history.append({"step": step, "split": "val", **{k: float(v) for k, v in val_losses.items()}})
+            torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
+                        "history": history, "elapsed": time.perf_counter() - started}, state_path)
+    bar.close()
+    plot_curves(history, run_dir / "vae_curves.png")
+    card = {
+        "name": "halo-vae",
+        "data": {"grasps": len(data.keypoints), "train_grasps": len(train.keypoints),
+                 "train_objects": len(train.object_index), "val_objects": len(val.object_index),
+                 "synthesis_attempts": data.attempts, "synthesis_seconds": round(data.seconds, 1)},
+        "training": {**asdict(config), "steps_done": step, "wall_time_s": round(time.perf_counter() - started, 1),
+                     "halo_terms": base is not None,
+                     "base_checkpoint": None if base is None else {"name": base.card.get("name"),
+                                                                   "sha256": base.card.get("sha256")}},
+        "final_losses": {h["split"]: {k: round(v, 4) for k, v in h.items() if k not in ("step", "split")}
+                         for h in history[-3:]},
+    }
+    return save_vae(model.eval(), out, card)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line for ``halo train vae``."""
+    parser = argparse.ArgumentParser(description="Train the HALO-VAE grasp model")
+    parser.add_argument("--data", type=Path, required=True, help="folder of shard_*.npz from grasp synthesis")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/vae"))
+    parser.add_argument("--out", type=Path, default=Path("models/checkpoints/halo_vae.safetensors"))
+    parser.add_argument("--base-checkpoint", type=Path, default=None,
+                        help="frozen base model for the HALO loss terms (omit to train without them)")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--batch", type=int, default=TrainConfig.batch)
+    parser.add_argument("--time-budget", type=float, default=0.0, help="minutes")
+    parser.add_argument("--checkpoint-every", type=int, default=250)
+    args = parser.parse_args(argv)
+    config = TrainConfig(steps=args.steps, batch=args.batch, time_budget_min=args.time_budget)
+    card = train_vae(args.data, args.run_dir, args.out, config, args.base_checkpoint,
+                     checkpoint_every=args.checkpoint_every)
+    print(json.dumps(card, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Grasp metrics on shapes with known answers, and object validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+
+from models.grasps.metrics import (
+    cluster_diversity,
+    grasp_metrics,
+    mean_pairwise_distance,
+    penetration_volume,
+    summarize,
+)
+from models.grasps.object_input import ObjectError, bps_basis, object_points, validate_object
+
+
+def box(size_cm: float, centre_cm: tuple[float, float, float], subdivisions: int = 3) -> trimesh.Trimesh:
+    mesh = trimesh.creation.box(extents=[size_cm / 100] * 3)
+    for _ in range(subdivisions):
+        mesh = mesh.subdivide()
+    mesh.apply_translation(np.array(centre_cm) / 100)
+    return mesh
+
+
+def test_overlapping_boxes_have_the_known_penetration() -> None:
+    hand = box(4, (0, 0, 0))  # spans x -2..2 cm
+    obj = box(8, (5, 0, 0))  # spans x 1..9 cm: overlap 1 x 4 x 4 cm
+    assert penetration_volume(hand, obj) == pytest.approx(16.0, rel=0.1)
+    metrics = grasp_metrics(hand, obj)
+    assert metrics["max_penetration_depth_mm"] == pytest.approx(10.0, abs=0.5)
+    assert metrics["contact"] is True
+
+
+def test_contact_threshold_is_two_millimetres() -> None:
+    obj = box(4, (0, 0, 0))
+    near = grasp_metrics(box(2, (3.1, 0, 0)), obj)  # 1 mm gap
+    far = grasp_metrics(box(2, (3.5, 0, 0)), obj)  # 5 mm gap
+    assert near["contact"] and near["penetration_volume_cm3"] == 0.0
+    assert near["hand_object_distance_mm"] == pytest.approx(1.0, abs=0.05)
+    assert not far["contact"] and far["hand_object_distance_mm"] == pytest.approx(5.0, abs=0.05)
+    summary = summarize([near, far])
+    assert summary["contact_ratio"] == 0.5 and summary["grasps"] == 2
+
+
+def test_diversity_counts_clusters_and_distances() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 21, 3)) * 0.1
+    samples = np.repeat(centres, 5, axis=0) + rng.normal(size=(100, 21, 3)) * 1e-4
+    diverse = cluster_diversity(samples)
+    assert diverse["cluster_entropy"] == pytest.approx(np.log(20), abs=0.05)
+    assert diverse["mean_cluster_size_cm"] < 0.05
+    lopsided = cluster_diversity(np.concatenate([samples[:5].repeat(19, axis=0), samples[5:10]]))
+    assert lopsided["cluster_entropy"] < diverse["cluster_entropy"]
+    pair = np.zeros((2, 21, 3))
+    pair[1, :, 0] = 0.01
+    assert mean_pairwise_distance(pair) == pytest.approx(1.0)
+
+
+def test_object_validation_names_the_field_and_the_units() -> None:
+    with pytest.raises(ObjectError, match=r"^object: .*empty"):
+        validate_object(trimesh.Trimesh())
+    with pytest.raises(ObjectError, match=r"^object: .*centimetres"):
+        validate_object(box(800, (0, 0, 0), subdivisions=0))
+    bad = box(5, (0, 0, 0), subdivisions=0)
+    bad.vertices[0, 0] = np.nan
+    with pytest.raises(ObjectError, match=r"^object: .*NaN"):
+        validate_object(bad)
+    with pytest.raises(ObjectError, match=r"^object: expected a triangle mesh"):
+        validate_object("mug.obj")
+    assert issubclass(ObjectError, ValueError)
+    open_box = box(5, (1, 0, 0), subdivisions=0)
+    open_box.faces = open_box.faces[:-2]  # not watertight: still accepted
+    assert len(validate_object(open_box).faces) == 10
+
+
+def test_object_points_are_centred_and_inside() -> None:
+    obj = box(6, (10, 0, 0))
+    basis = bps_basis(64, 0.15)
+    points = object_points(obj, basis, seed=0)
+    np.testing.assert_allclose(points.centre, [0.1, 0, 0], atol=1e-9)
+    assert np.abs(points.interior).max() <= 0.03 + 1e-9
+    np.testing.assert_allclose(np.abs(points.surface).max(axis=1), 0.03, atol=1e-6)
+    # BPS: distance of each basis point to the surface of a 6 cm cube at the origin.
+    outside = np.clip(np.abs(basis) - 0.03, 0, None)
+    far = np.linalg.norm(outside, axis=1) > 0
+    np.testing.assert_allclose(points.bps[far], np.linalg.norm(outside, axis=1)[far], atol=1e-6)

@@ -1,0 +1,70 @@
+"""HALO-VAE pieces: the network, checkpoint round trip, bone-preserving refinement, occupancy terms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.canonical import validate_keypoints
+from models.grasps.hand_object import RefineConfig, bone_vectors, from_bones, hand_object_terms, refine
+from models.grasps.model import GraspVAE, VAEConfig, kl_divergence, load_vae_weights, save_vae
+from models.occupancy import OccupancyDecoder
+
+SMALL = VAEConfig(bps_points=32, latent=8, hidden=32, object_code=16)
+
+
+def a_hand(batch: int = 3) -> torch.Tensor:
+    """(B,21,3) plausible mano keypoints: fingers fanned out from a wrist at the origin, metres."""
+    joints = [np.zeros(3)]
+    for finger, angle in enumerate(np.linspace(-0.9, 0.6, 5)):
+        direction = np.array([np.cos(angle), np.sin(angle), 0.1 * finger])
+        for joint in range(1, 5):
+            joints.append(direction * (0.04 + 0.025 * joint))
+    hand = torch.as_tensor(np.stack(joints), dtype=torch.float32)
+    return hand + 0.01 * torch.arange(batch, dtype=torch.float32)[:, None, None]
+
+
+def test_vae_shapes_and_kl() -> None:
+    model = GraspVAE(SMALL)
+    keypoints, bps = a_hand(4), torch.rand(4, 32) * 0.1
+    recon, mean, log_variance = model(keypoints, bps)
+    assert recon.shape == (4, 21, 3) and mean.shape == (4, 8) and log_variance.shape == (4, 8)
+    assert torch.allclose(kl_divergence(torch.zeros(2, 8), torch.zeros(2, 8)), torch.zeros(2))
+    assert (kl_divergence(mean, log_variance) >= 0).all()
+
+
+def test_checkpoint_round_trip(tmp_path) -> None:
+    model = GraspVAE(SMALL).eval()
+    card = save_vae(model, tmp_path / "vae.safetensors", {"name": "test-vae"})
+    loaded, loaded_card = load_vae_weights(tmp_path / "vae.safetensors")
+    assert loaded.config == SMALL and loaded_card["sha256"] == card["sha256"]
+    latent, code = torch.randn(2, 8), torch.randn(2, 16)
+    torch.testing.assert_close(loaded.decode(latent, code), model.decode(latent, code))
+
+
+def test_bones_round_trip_and_refinement_keeps_lengths() -> None:
+    hand = a_hand()
+    validate_keypoints(hand.numpy())  # the test hand is a valid skeleton
+    bones = bone_vectors(hand)
+    torch.testing.assert_close(from_bones(hand[:, 0], bones * 3.0, bones.norm(dim=-1)), hand)
+    torch.manual_seed(0)
+    decoder = OccupancyDecoder().requires_grad_(False)
+    interior = torch.rand(3, 16, 3) * 0.04 + torch.tensor([0.08, 0.0, 0.0])
+    surface = torch.rand(3, 16, 3) * 0.04 + torch.tensor([0.08, 0.0, 0.0])
+    refined = refine(decoder, hand, interior, surface, RefineConfig(steps=3, points=16))
+    assert not torch.allclose(refined, hand)
+    torch.testing.assert_close(bone_vectors(refined).norm(dim=-1), bones.norm(dim=-1), atol=1e-5, rtol=1e-5)
+
+
+def test_hand_object_terms_see_points_inside_the_hand() -> None:
+    """Penetration is the mean occupancy of interior points; fingertip distance is measured in metres."""
+    torch.manual_seed(0)
+    decoder = OccupancyDecoder().requires_grad_(False)
+    hand = a_hand(1)
+    tips = hand[:, [4, 8, 12]]
+    terms = hand_object_terms(decoder, hand, tips.clone(), tips.clone())
+    assert terms.fingertips.item() == pytest.approx(0.0, abs=1e-6)
+    far = hand_object_terms(decoder, hand, tips + 0.5, tips + torch.tensor([0.0, 0.0, 0.02]))
+    assert far.fingertips.item() == pytest.approx(0.02, abs=1e-5)
+    assert 0.0 <= far.penetration.item() <= 1.0 and far.contact.item() >= 0.0
