@@ -64,9 +64,7 @@ class Batcher:
         """Run ``fn(*args)`` in the compute thread, outside the queue (start-up, warm-up)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def submit(
-        self, payloads: Sequence[Any], key: Hashable, run: BatchFn, deadline: float
-    ) -> list[Any]:
+    async def submit(self, payloads: Sequence[Any], key: Hashable, run: BatchFn, deadline: float) -> list[Any]:
         """Queue ``payloads`` (batched with others of the same ``key`` through ``run``) and await results.
 
         ``deadline`` is a ``time.monotonic()`` instant. Raises QueueFullError at once when the queue

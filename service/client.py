@@ -114,9 +114,7 @@ class RestClient:
         }
         return [_mesh_from_json(m) for m in self._post("/mesh", json=body).json()["meshes"]]
 
-    def mesh_file(
-        self, keypoints: Any, fmt: str = "ply", resolution: int | None = None, **hand: str
-    ) -> bytes:
+    def mesh_file(self, keypoints: Any, fmt: str = "ply", resolution: int | None = None, **hand: str) -> bytes:
         """The mesh as a PLY / OBJ / GLB file's bytes."""
         body = {
             "keypoints": np.asarray(keypoints, dtype=np.float64).tolist(),
@@ -126,9 +124,7 @@ class RestClient:
         }
         return self._post("/mesh", json=body).content
 
-    def occupancy(
-        self, keypoints: Any, points: Any, joint_order: str = "mano", hand: str = "right"
-    ) -> np.ndarray:
+    def occupancy(self, keypoints: Any, points: Any, joint_order: str = "mano", hand: str = "right") -> np.ndarray:
         """(21,3) keypoints + (N,3) points, metres -> (N,) occupancy probabilities."""
         body = {
             **_hand_json(keypoints, joint_order, hand),
@@ -149,10 +145,7 @@ class RestClient:
             params["num_samples"] = num_samples
         if isinstance(obj, str | Path):
             path = Path(obj)
-            form = {
-                key: str(value).lower() if isinstance(value, bool) else str(value)
-                for key, value in params.items()
-            }
+            form = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in params.items()}
             response = self._post("/grasps", data=form, files={"file": (path.name, path.read_bytes())})
         else:
             body = {
@@ -197,12 +190,8 @@ def _hand_proto(keypoints: Any, joint_order: str, hand: str) -> halo_pb2.Hand:
 class GrpcClient:
     """Client for ``halo.v1.HaloService`` (meshes arrive as packed float32, so vertices are float32-exact)."""
 
-    def __init__(
-        self, target: str = "127.0.0.1:50051", token: str | None = None, timeout: float | None = 300.0
-    ):
-        self.channel = grpc.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)]
-        )
+    def __init__(self, target: str = "127.0.0.1:50051", token: str | None = None, timeout: float | None = 300.0):
+        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
         self.stub = halo_pb2_grpc.HaloServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
@@ -249,9 +238,7 @@ class GrpcClient:
         """(21,3) keypoints, metres -> the hand mesh."""
         return self.meshes([keypoints], joint_order, hand, resolution, timeout)[0]
 
-    def occupancy(
-        self, keypoints: Any, points: Any, joint_order: str = "mano", hand: str = "right"
-    ) -> np.ndarray:
+    def occupancy(self, keypoints: Any, points: Any, joint_order: str = "mano", hand: str = "right") -> np.ndarray:
         """(21,3) keypoints + (N,3) points, metres -> (N,) occupancy probabilities."""
         request = halo_pb2.QueryOccupancyRequest(
             hand=_hand_proto(keypoints, joint_order, hand),
@@ -284,9 +271,7 @@ class GrpcClient:
             if stream:
                 grasps = list(self.stub.StreamGrasps(request, timeout=self.timeout, metadata=self.metadata))
             else:
-                grasps = self.stub.GenerateGrasps(
-                    request, timeout=self.timeout, metadata=self.metadata
-                ).grasps
+                grasps = self.stub.GenerateGrasps(request, timeout=self.timeout, metadata=self.metadata).grasps
         except grpc.RpcError as error:
             raise HaloError(error.code().name, error.details() or "") from error
         return [

@@ -7,9 +7,7 @@ from pathlib import Path
 
 from service.config import add_settings_arguments, settings_from_args
 
-DEFAULT_BENCH_KEYPOINTS = (
-    Path(__file__).resolve().parent.parent / "models" / "assets" / "sample_keypoints.json"
-)
+DEFAULT_BENCH_KEYPOINTS = Path(__file__).resolve().parent.parent / "models" / "assets" / "sample_keypoints.json"
 
 
 def add_serve_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -33,9 +31,7 @@ def add_bench_serve_command(bench_subparsers: argparse._SubParsersAction) -> Non
         "errors by status and the server's RSS before / after.",
     )
     bench.add_argument("--protocol", choices=("rest", "grpc"), default="rest")
-    bench.add_argument(
-        "--url", default="http://127.0.0.1:8000", help="REST base URL (also used for /metrics)"
-    )
+    bench.add_argument("--url", default="http://127.0.0.1:8000", help="REST base URL (also used for /metrics)")
     bench.add_argument("--grpc-target", default="127.0.0.1:50051")
     bench.add_argument("--concurrency", type=int, default=16)
     bench.add_argument("--duration", type=float, default=30.0, help="seconds")

@@ -120,9 +120,9 @@ class Engine:
 
     def _record_model(self, role: str, model: Any) -> None:
         card = getattr(model, "card", {}) or {}
-        self.metrics.model_info.labels(
-            role, str(card.get("name", role)), str(card.get("sha256", "")), self.device
-        ).set(1)
+        self.metrics.model_info.labels(role, str(card.get("name", role)), str(card.get("sha256", "")), self.device).set(
+            1
+        )
         log.info("model loaded", extra={"model": role, "name": card.get("name"), "device": self.device})
 
     def _warm_up(self) -> None:
@@ -174,11 +174,7 @@ class Engine:
 
     def deadline(self, seconds: float | None = None) -> float:
         """A monotonic deadline: the caller's remaining time, capped by the request timeout."""
-        budget = (
-            self.settings.request_timeout_s
-            if seconds is None
-            else min(seconds, self.settings.request_timeout_s)
-        )
+        budget = self.settings.request_timeout_s if seconds is None else min(seconds, self.settings.request_timeout_s)
         return time.monotonic() + budget
 
     def resolution(self, requested: int | None) -> int:
@@ -191,24 +187,18 @@ class Engine:
 
     def require(self, role: str) -> Any:
         """The loaded ``base`` or ``vae`` model; raises if stopping or the model is unavailable."""
-        if not self.accepting:
-            raise ShuttingDownError("server is shutting down")
         model = self.base if role == "base" else self.vae
         if model is None:
             raise ModelUnavailableError(self.unavailable.get(role, f"{role} model is still loading"))
         return model
 
-    async def mesh(
-        self, hands: Sequence[HandInput], resolution: int | None, deadline: float
-    ) -> list[trimesh.Trimesh]:
+    async def mesh(self, hands: Sequence[HandInput], resolution: int | None, deadline: float) -> list[trimesh.Trimesh]:
         """Validated hands -> one mesh each (keypoint frame, metres), batched with other requests."""
         self.require("base")
         resolution = self.resolution(resolution)
         if not 1 <= len(hands) <= self.settings.max_hands:
             raise InputError(f"hands: between 1 and {self.settings.max_hands} hands per request")
-        return await self.batcher.submit(
-            hands, ("mesh", resolution), self._mesh_batch_fn(resolution), deadline
-        )
+        return await self.batcher.submit(hands, ("mesh", resolution), self._mesh_batch_fn(resolution), deadline)
 
     def _mesh_batch_fn(self, resolution: int):
         def run(hands: Sequence[HandInput]) -> list[trimesh.Trimesh]:
@@ -276,14 +266,17 @@ class Engine:
             (grasp,) = await self.batcher.submit([seed + index], ("grasp", object()), run, deadline)
             yield grasp
 
-    async def grasps(
-        self, obj: trimesh.Trimesh, count: int, seed: int, refine: bool, deadline: float
-    ) -> list[Any]:
+    async def grasps(self, obj: trimesh.Trimesh, count: int, seed: int, refine: bool, deadline: float) -> list[Any]:
         """All grasps of ``stream_grasps`` as a list."""
         return [grasp async for grasp in self.stream_grasps(obj, count, seed, refine, deadline)]
 
+    def check_accepting(self) -> None:
+        """Front ends call this as a request arrives: once shutdown began, new requests are refused."""
+        if not self.accepting:
+            raise ShuttingDownError("server is shutting down")
+
     def begin_shutdown(self) -> None:
-        """Stop being ready and stop taking new work; queued and running work continues."""
+        """Stop being ready and stop taking new requests; requests already received still finish."""
         self.ready = False
         self.accepting = False
         self.metrics.ready.set(0)

@@ -69,9 +69,7 @@ def hand_from_proto(hand: halo_pb2.Hand, field: str = "") -> Any:
     keypoints = np.asarray(hand.keypoints, dtype=np.float64)
     if keypoints.size != 63:
         raise InputError(f"{field}keypoints: expected 63 values (21 x 3), got {keypoints.size}")
-    return parse_hand(
-        keypoints.reshape(21, 3), JOINT_ORDERS[hand.joint_order], HANDEDNESS[hand.handedness], field
-    )
+    return parse_hand(keypoints.reshape(21, 3), JOINT_ORDERS[hand.joint_order], HANDEDNESS[hand.handedness], field)
 
 
 def mesh_to_proto(mesh: Any) -> halo_pb2.Mesh:
@@ -122,9 +120,7 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
     async def StreamGrasps(self, request, context):  # noqa: N802 (gRPC method names)
         obj = self._object(request)
         count = self.engine.grasp_count(request.num_samples)
-        async for grasp in self.engine.stream_grasps(
-            obj, count, request.seed, request.refine, self._deadline(context)
-        ):
+        async for grasp in self.engine.stream_grasps(obj, count, request.seed, request.refine, self._deadline(context)):
             yield grasp_to_proto(grasp)
 
 
@@ -140,10 +136,14 @@ class _Call:
         self.status = grpc.StatusCode.OK
         expected = engine.settings.auth_token
         given = str(metadata.get("authorization", ""))
-        self.authorized = expected is None or secrets.compare_digest(
-            given.encode(), f"Bearer {expected}".encode()
-        )
+        self.authorized = expected is None or secrets.compare_digest(given.encode(), f"Bearer {expected}".encode())
         engine.metrics.inflight.inc()
+
+    def admit(self) -> None:
+        """Refuse the call if the token is wrong or the server is stopping."""
+        if not self.authorized:
+            raise UnauthenticatedError("authorization: missing or wrong bearer token")
+        self.engine.check_accepting()
 
     async def fail(self, error: Exception) -> None:
         self.status = status_for(error)
@@ -185,8 +185,7 @@ def _guard_unary(engine: Engine, endpoint: str, handler: Callable) -> Callable:
         call = _Call(engine, endpoint, context)
         cancelled = False
         try:
-            if not call.authorized:
-                raise UnauthenticatedError("authorization: missing or wrong bearer token")
+            call.admit()
             return await handler(request, context)
         except grpc.aio.AbortError:
             raise
@@ -207,8 +206,7 @@ def _guard_stream(engine: Engine, endpoint: str, handler: Callable) -> Callable:
         call = _Call(engine, endpoint, context)
         cancelled = False
         try:
-            if not call.authorized:
-                raise UnauthenticatedError("authorization: missing or wrong bearer token")
+            call.admit()
             async for item in handler(request, context):
                 yield item
         except grpc.aio.AbortError:

@@ -65,12 +65,8 @@ class MeshRequest(BaseModel):
     joint_order: JointOrderName = "mano"
     hand: HandName = "right"
     hands: list[HandIn] | None = Field(None, min_length=1)
-    resolution: int | None = Field(
-        None, description="Final MISE grid: 64, 128, 256 or 512 (server maximum applies)."
-    )
-    format: FormatName | None = Field(
-        None, description="Response format; default from the Accept header, else json."
-    )
+    resolution: int | None = Field(None, description="Final MISE grid: 64, 128, 256 or 512 (server maximum applies).")
+    format: FormatName | None = Field(None, description="Response format; default from the Accept header, else json.")
 
     @model_validator(mode="after")
     def _one_form(self) -> MeshRequest:
@@ -185,9 +181,7 @@ def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def check_token(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> None:
+def check_token(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
     token = request.app.state.engine.settings.auth_token
     if token is None:
         return
@@ -267,9 +261,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.exception_handler(UnauthorizedError)
     async def _unauthorized(request: Request, error: UnauthorizedError) -> JSONResponse:
-        return error_response(
-            401, "authorization: missing or wrong bearer token", {"WWW-Authenticate": "Bearer"}
-        )
+        return error_response(401, "authorization: missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
     async def _refused(request: Request, error: Exception) -> JSONResponse:
         return error_response(*error_status(error))
@@ -277,7 +269,6 @@ def create_app(engine: Engine) -> FastAPI:
     for error_type in (
         InputError,
         QueueFullError,
-        ShuttingDownError,
         ModelUnavailableError,
         DeadlineExceededError,
     ):
@@ -297,10 +288,7 @@ def create_app(engine: Engine) -> FastAPI:
     async def mesh(body: MeshRequest, request: Request, engine: EngineDep) -> Response:
         fmt = negotiate_format(body.format, request.headers.get("accept"))
         if body.hands is not None:
-            hands = [
-                parse_hand(h.keypoints, h.joint_order, h.hand, f"hands[{i}].")
-                for i, h in enumerate(body.hands)
-            ]
+            hands = [parse_hand(h.keypoints, h.joint_order, h.hand, f"hands[{i}].") for i, h in enumerate(body.hands)]
         else:
             hands = [parse_hand(body.keypoints, body.joint_order, body.hand)]
         resolution = engine.resolution(body.resolution)
@@ -316,9 +304,7 @@ def create_app(engine: Engine) -> FastAPI:
     )
     async def occupancy(body: OccupancyRequest, request: Request, engine: EngineDep) -> Response:
         hand = parse_hand(body.keypoints, body.joint_order, body.hand)
-        probs = await until_disconnected(
-            request, engine.occupancy(hand, np.asarray(body.points), engine.deadline())
-        )
+        probs = await until_disconnected(request, engine.occupancy(hand, np.asarray(body.points), engine.deadline()))
         return json_response(engine, {"probabilities": probs.tolist()})
 
     @app.post(
@@ -349,9 +335,7 @@ def create_app(engine: Engine) -> FastAPI:
             obj = arrays_to_mesh(np.asarray(body.object.vertices), np.asarray(body.object.faces))
             params = body
         else:
-            return error_response(
-                415, f"content-type: {content_type!r}; use application/json or multipart/form-data"
-            )
+            return error_response(415, f"content-type: {content_type!r}; use application/json or multipart/form-data")
         count = engine.grasp_count(params.num_samples)
         results = await until_disconnected(
             request, engine.grasps(obj, count, params.seed, params.refine, engine.deadline())
@@ -389,9 +373,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, model in (("GraspRequest", GraspRequest), ("GraspUpload", GraspUpload)):
                 model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -433,6 +415,7 @@ async def _read_upload(request: Request, engine: Engine) -> tuple[Any, GraspUplo
 
 
 ROUTE_NAMES = {"/mesh": "mesh", "/occupancy": "occupancy", "/grasps": "grasps", "/models": "models"}
+MODEL_ENDPOINTS = ("mesh", "occupancy", "grasps")
 
 
 class EdgeMiddleware:
@@ -466,6 +449,10 @@ class EdgeMiddleware:
         if endpoint is not None:
             metrics.inflight.inc()
         try:
+            if endpoint in MODEL_ENDPOINTS and not self.engine.accepting:
+                refusal = error_response(*error_status(ShuttingDownError("server is shutting down")))
+                await refusal(scope, receive, send_with_id)
+                return
             limit = self._body_limit(scope["path"])
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:

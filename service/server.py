@@ -108,9 +108,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
     starting = asyncio.ensure_future(server.start())
-    await asyncio.wait(
-        {starting, asyncio.ensure_future(stop_requested.wait())}, return_when=asyncio.FIRST_COMPLETED
-    )
+    await asyncio.wait({starting, asyncio.ensure_future(stop_requested.wait())}, return_when=asyncio.FIRST_COMPLETED)
     if starting.done():
         starting.result()
         await stop_requested.wait()

@@ -158,3 +158,16 @@ def published_base():
     if not PUBLISHED_BASE.is_file():
         pytest.skip("../shared/halo_reference/model_best.pt is absent (third-party checkpoint, not committed)")
     return models.load_base(PUBLISHED_BASE, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def rigged_hand():
+    """The default rigged hand: WebXR generic hand, fetched with ``npm pack`` on first use (skip without npm)."""
+    from models.data.asset import fetch_hand_asset
+    from models.data.rigged_hand import RiggedHand
+
+    try:
+        path = fetch_hand_asset()
+    except FileNotFoundError as error:
+        pytest.skip(f"rigged hand asset unavailable: {error}")
+    return RiggedHand.from_gltf(path)

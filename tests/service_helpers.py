@@ -1,0 +1,40 @@
+"""Helpers shared by the server tests (not a test module)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from service.proto_gen.halo.v1 import halo_pb2
+
+
+def hand(kps: np.ndarray, **fields) -> halo_pb2.Hand:
+    """(21,3) keypoints -> a Hand message (float32 on the wire)."""
+    return halo_pb2.Hand(keypoints=np.asarray(kps, dtype=np.float32).ravel().tolist(), **fields)
+
+
+class GatedBase:
+    """The real base model, but each batched mesh call waits for ``gate`` (to hold work in the queue)."""
+
+    def __init__(self, base):
+        self._base = base
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def mesh_with_stats(self, *args, **kwargs):
+        self.entered.set()
+        self.gate.wait(60)
+        return self._base.mesh_with_stats(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    """Poll ``condition`` until true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)

@@ -1,0 +1,118 @@
+"""The server under concurrent load: batching correctness, backpressure and graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from service_helpers import GatedBase, hand, wait_until
+
+from service.proto_gen.halo.v1 import halo_pb2, halo_pb2_grpc
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def post_mesh(url: str, kps: np.ndarray, side: str = "right", resolution: int = 64) -> httpx.Response:
+    body = {"keypoints": kps.tolist(), "hand": side, "resolution": resolution}
+    return httpx.post(f"{url}/mesh", json=body, timeout=300)
+
+
+def test_32_concurrent_requests_equal_the_sequential_results(server_factory, reference_keypoints):
+    server = server_factory(max_batch_size=8, max_queue_delay_ms=50, max_queue_size=64)
+    jobs = [(reference_keypoints[i % 17], "left" if i % 17 % 3 == 0 else "right") for i in range(32)]
+    sequential = [post_mesh(server.http_url, kps, side).json() for kps, side in jobs[:17]]
+    batches_before = server.metric("halo_batch_size_count")
+    with ThreadPoolExecutor(32) as pool:
+        concurrent = list(pool.map(lambda job: post_mesh(server.http_url, *job), jobs))
+    batches = server.metric("halo_batch_size_count") - batches_before
+    assert all(r.status_code == 200 for r in concurrent)
+    assert batches < 32, "concurrent hands were never batched together"
+    for index, response in enumerate(concurrent):
+        got, expected = response.json(), sequential[index % 17]
+        assert got["faces"] == expected["faces"]
+        np.testing.assert_allclose(got["vertices"], expected["vertices"], atol=1e-6)
+
+
+def test_a_full_queue_answers_503_and_resource_exhausted_then_recovers(server_factory, reference_keypoints):
+    server = server_factory(warmup=False, max_batch_size=1, max_queue_size=2)
+    gated = GatedBase(server.engine.base)
+    server.engine.base = gated
+    kps = reference_keypoints[0]
+    with ThreadPoolExecutor(3) as pool:
+        running = pool.submit(post_mesh, server.http_url, kps)
+        assert gated.entered.wait(30)
+        queued = [pool.submit(post_mesh, server.http_url, kps) for _ in range(2)]
+        wait_until(lambda: server.metric("halo_queue_depth") == 2)
+        refused = post_mesh(server.http_url, kps)
+        with grpc.insecure_channel(server.grpc_target) as channel, pytest.raises(grpc.RpcError) as exhausted:
+            request = halo_pb2.GenerateMeshRequest(hands=[hand(kps)], resolution=64)
+            halo_pb2_grpc.HaloServiceStub(channel).GenerateMesh(request, timeout=30)
+        gated.gate.set()
+        accepted = [running.result(120), *(f.result(120) for f in queued)]
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["detail"].startswith("queue full")
+    assert exhausted.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert [r.status_code for r in accepted] == [200, 200, 200]
+    assert post_mesh(server.http_url, kps).status_code == 200
+
+
+def _start_subprocess(base_checkpoint) -> tuple[subprocess.Popen, dict]:
+    code = (
+        "import sys; from service.config import Settings; from service.server import run; "
+        "sys.exit(run(Settings(host='127.0.0.1', http_port=0, grpc_port=0, device='cpu', "
+        f"base_checkpoint={str(base_checkpoint)!r}, default_resolution=64, max_batch_size=4, "
+        "log_format='json', grace_period_s=120)))"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    ports: dict = {}
+    for line in process.stderr:
+        record = json.loads(line)
+        if record["message"] == "listening":
+            ports = {"http": record["http_port"], "grpc": record["grpc_port"]}
+        if record["message"] == "ready":
+            break
+    assert ports, "the server never reported its ports"
+    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
+    return process, ports
+
+
+def test_sigterm_during_load_loses_no_accepted_request(base_checkpoint, reference_keypoints):
+    process, ports = _start_subprocess(base_checkpoint)
+    url = f"http://127.0.0.1:{ports['http']}"
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            rest = [pool.submit(post_mesh, url, reference_keypoints[i], "right", 128) for i in range(8)]
+
+            def grpc_call(index: int):
+                with grpc.insecure_channel(f"127.0.0.1:{ports['grpc']}") as channel:
+                    request = halo_pb2.GenerateMeshRequest(hands=[hand(reference_keypoints[index])], resolution=128)
+                    return halo_pb2_grpc.HaloServiceStub(channel).GenerateMesh(request, timeout=300)
+
+            grpc_calls = [pool.submit(grpc_call, i) for i in range(8, 12)]
+
+            def inflight() -> float:
+                text = httpx.get(f"{url}/metrics", timeout=10).text
+                return float(next(ln.split()[1] for ln in text.splitlines() if ln.startswith("halo_inflight")))
+
+            wait_until(lambda: inflight() == 12, timeout=60)
+            process.send_signal(signal.SIGTERM)
+            rest_results = [f.result(300) for f in rest]
+            grpc_results = [f.result(300) for f in grpc_calls]
+        assert process.wait(120) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert [r.status_code for r in rest_results] == [200] * 8
+    assert all(len(r.meshes) == 1 and r.meshes[0].faces for r in grpc_results)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/healthz", timeout=5)
