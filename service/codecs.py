@@ -65,6 +65,11 @@ def meshes_to_file(meshes: Sequence[trimesh.Trimesh], fmt: str) -> bytes:
     return data.encode() if isinstance(data, str) else data
 
 
+def numeric_metrics(metrics: dict) -> dict[str, float]:
+    """The numeric entries of a grasp's metrics (booleans as 0 / 1), for the wire."""
+    return {str(k): float(v) for k, v in metrics.items() if isinstance(v, int | float | np.number)}
+
+
 def mesh_to_packed(mesh: trimesh.Trimesh) -> tuple[bytes, bytes]:
     """(N,3) vertices, (M,3) faces -> float32 little-endian and uint32 little-endian bytes."""
     vertices = np.ascontiguousarray(mesh.vertices, dtype="<f4")

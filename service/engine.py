@@ -12,22 +12,19 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import trimesh
 
 import models
-from models import skeleton
+from models import grasps, skeleton
 from service.batching import Batcher
 from service.codecs import InputError, check_object_size
 from service.config import Settings
 from service.metrics import Metrics
 
 log = logging.getLogger("halo.engine")
-
-DEFAULT_VAE_CHECKPOINT = Path(models.__file__).resolve().parent / "checkpoints" / "halo_vae.safetensors"
 
 
 class ModelUnavailableError(Exception):
@@ -103,20 +100,15 @@ class Engine:
         except Exception as error:
             self.unavailable["base"] = f"base model not available: {error}"
             log.error("base model not loaded", extra={"reason": str(error)})
-        vae_path = self.settings.vae_checkpoint or DEFAULT_VAE_CHECKPOINT
         if self.base is None:
             self.unavailable["vae"] = "grasp model not available: it needs the base model"
-        elif not hasattr(models, "load_vae"):
-            self.unavailable["vae"] = "grasp model not available: this build has no grasp model"
-        elif not Path(vae_path).is_file():
-            self.unavailable["vae"] = f"grasp model not available: no checkpoint at {Path(vae_path).name}"
-        else:
-            try:
-                self.vae = models.load_vae(vae_path, base=self.base, device=self.device)
-                self._record_model("vae", self.vae)
-            except Exception as error:
-                self.unavailable["vae"] = f"grasp model not available: {error}"
-                log.error("grasp model not loaded", extra={"reason": str(error)})
+            return
+        try:
+            self.vae = grasps.load_vae(self.settings.vae_checkpoint, base=self.base, device=self.device)
+            self._record_model("vae", self.vae)
+        except Exception as error:
+            self.unavailable["vae"] = f"grasp model not available: {error}"
+            log.warning("grasp model not loaded", extra={"reason": str(error)})
 
     def _record_model(self, role: str, model: Any) -> None:
         card = getattr(model, "card", {}) or {}
@@ -251,24 +243,32 @@ class Engine:
             raise InputError(f"num_samples: must be between 1 and {self.settings.max_grasp_samples}")
         return count
 
-    async def stream_grasps(
-        self, obj: trimesh.Trimesh, count: int, seed: int, refine: bool, deadline: float
-    ) -> AsyncIterator[Any]:
-        """Grasps for an object, one at a time; grasp i is sampled with seed ``seed + i``."""
+    async def grasps(
+        self, obj: trimesh.Trimesh, count: int, seed: int, refine: bool, resolution: int | None, deadline: float
+    ) -> list[Any]:
+        """Object mesh (metres) -> ``count`` grasps sampled together with ``seed`` (one queued job)."""
         check_object_size(obj, self.settings.max_object_faces)
+        resolution = self.resolution(resolution)
+        try:
+            obj = grasps.validate_object(obj)
+        except ValueError as error:
+            raise InputError(str(error)) from error
         vae = self.require("vae")
 
-        def run(jobs: Sequence[int]) -> list[Any]:
-            (grasp_seed,) = jobs
-            return [vae.sample(obj, n=1, seed=grasp_seed, refine=refine)[0]]
+        def run(jobs: Sequence[tuple[int, int]]) -> list[list[Any]]:
+            ((n, job_seed),) = jobs
+            return [vae.sample(obj, n=n, seed=job_seed, refine=refine, resolution=resolution)]
 
+        (sampled,) = await self.batcher.submit([(count, seed)], ("grasps", object()), run, deadline)
+        return sampled
+
+    async def stream_grasps(
+        self, obj: trimesh.Trimesh, count: int, seed: int, refine: bool, resolution: int | None, deadline: float
+    ) -> AsyncIterator[Any]:
+        """Grasps one by one, each sent when ready: grasp i is a one-grasp sample with seed ``seed + i``."""
         for index in range(count):
-            (grasp,) = await self.batcher.submit([seed + index], ("grasp", object()), run, deadline)
+            (grasp,) = await self.grasps(obj, 1, seed + index, refine, resolution, deadline)
             yield grasp
-
-    async def grasps(self, obj: trimesh.Trimesh, count: int, seed: int, refine: bool, deadline: float) -> list[Any]:
-        """All grasps of ``stream_grasps`` as a list."""
-        return [grasp async for grasp in self.stream_grasps(obj, count, seed, refine, deadline)]
 
     def check_accepting(self) -> None:
         """Front ends call this as a request arrives: once shutdown began, new requests are refused."""

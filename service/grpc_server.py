@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.batching import DeadlineExceededError, QueueFullError
-from service.codecs import InputError, mesh_to_packed, packed_to_mesh
+from service.codecs import InputError, mesh_to_packed, numeric_metrics, packed_to_mesh
 from service.engine import Engine, ModelUnavailableError, ShuttingDownError, parse_hand
 from service.logs import request_id_var
 from service.proto_gen.halo.v1 import halo_pb2, halo_pb2_grpc
@@ -81,7 +81,7 @@ def grasp_to_proto(grasp: Any) -> halo_pb2.Grasp:
     return halo_pb2.Grasp(
         keypoints=np.asarray(grasp.keypoints, dtype=np.float32).ravel().tolist(),
         mesh=mesh_to_proto(grasp.mesh),
-        metrics=halo_pb2.GraspMetrics(values={str(k): float(v) for k, v in dict(grasp.metrics).items()}),
+        metrics=halo_pb2.GraspMetrics(values=numeric_metrics(grasp.metrics)),
     )
 
 
@@ -114,13 +114,18 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
     async def GenerateGrasps(self, request, context):  # noqa: N802 (gRPC method names)
         obj = self._object(request)
         count = self.engine.grasp_count(request.num_samples)
-        grasps = await self.engine.grasps(obj, count, request.seed, request.refine, self._deadline(context))
+        grasps = await self.engine.grasps(
+            obj, count, request.seed, request.refine, request.resolution or None, self._deadline(context)
+        )
         return halo_pb2.GenerateGraspsResponse(grasps=[grasp_to_proto(g) for g in grasps])
 
     async def StreamGrasps(self, request, context):  # noqa: N802 (gRPC method names)
         obj = self._object(request)
         count = self.engine.grasp_count(request.num_samples)
-        async for grasp in self.engine.stream_grasps(obj, count, request.seed, request.refine, self._deadline(context)):
+        stream = self.engine.stream_grasps(
+            obj, count, request.seed, request.refine, request.resolution or None, self._deadline(context)
+        )
+        async for grasp in stream:
             yield grasp_to_proto(grasp)
 
 

@@ -33,6 +33,7 @@ from service.codecs import (
     mesh_to_dict,
     meshes_to_file,
     negotiate_format,
+    numeric_metrics,
 )
 from service.engine import Engine, ModelUnavailableError, ShuttingDownError, parse_hand
 from service.logs import request_id_var
@@ -238,7 +239,7 @@ def grasp_payload(grasp: Any) -> dict:
     return {
         "keypoints": np.asarray(grasp.keypoints, dtype=np.float64).tolist(),
         "mesh": mesh_to_dict(grasp.mesh),
-        "metrics": {str(k): float(v) for k, v in dict(grasp.metrics).items()},
+        "metrics": numeric_metrics(grasp.metrics),
     }
 
 
@@ -338,7 +339,7 @@ def create_app(engine: Engine) -> FastAPI:
             return error_response(415, f"content-type: {content_type!r}; use application/json or multipart/form-data")
         count = engine.grasp_count(params.num_samples)
         results = await until_disconnected(
-            request, engine.grasps(obj, count, params.seed, params.refine, engine.deadline())
+            request, engine.grasps(obj, count, params.seed, params.refine, params.resolution, engine.deadline())
         )
         return json_response(engine, {"grasps": [grasp_payload(g) for g in results]})
 

@@ -78,7 +78,7 @@ class HaloServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamGrasps(self, request, context):
-        """The same grasps as GenerateGrasps, each sent as soon as it is ready.
+        """Grasps sampled one at a time (grasp i with seed + i), each sent as soon as it is ready.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
