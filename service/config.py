@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RESOLUTIONS = (64, 128, 256, 512)
@@ -73,25 +73,23 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one ``--kebab-case`` flag per settings field; unset flags leave the field to env/defaults."""
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        default = field.default
+        help_text = field.description or ""
+        if "default" not in help_text:
+            help_text += f" (default: {field.default})"
+        help_text += f" [env HALO_{name.upper()}]"
         if field.annotation is bool:
-            parser.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=f"{field.description} (default: {default})",
-            )
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            parser.add_argument(
-                flag,
-                dest=name,
-                default=argparse.SUPPRESS,
-                metavar=name.upper(),
-                help=f"{field.description} (default: {default})",
-            )
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the flags that were given, the ``HALO_*`` environment and the defaults."""
     given = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
-    return Settings(**given)
+    try:
+        return Settings(**given)
+    except ValidationError as error:
+        first = error.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")  # model-level messages start with the field
+        field = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"{field}: {message}" if field else message) from None
