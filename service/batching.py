@@ -71,6 +71,7 @@ class Batcher:
         cannot take every payload, DeadlineExceededError if the deadline passes while queued.
         """
         if len(self._queue) + len(payloads) > self.max_queue_size:
+            self.metrics.rejected.labels("queue_full").inc()
             raise QueueFullError(f"queue full ({len(self._queue)} of {self.max_queue_size} hands waiting)")
         loop = asyncio.get_running_loop()
         items = [_Item(p, key, run, loop.create_future(), deadline) for p in payloads]

@@ -273,6 +273,7 @@ class Engine:
     def check_accepting(self) -> None:
         """Front ends call this as a request arrives: once shutdown began, new requests are refused."""
         if not self.accepting:
+            self.metrics.rejected.labels("shutting_down").inc()
             raise ShuttingDownError("server is shutting down")
 
     def begin_shutdown(self) -> None:

@@ -32,6 +32,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 STAGES = ("canonicalize", "occupancy", "marching_cubes", "encode")
 DROP_REASONS = ("cancelled", "deadline")
+REJECT_REASONS = ("queue_full", "shutting_down")
 
 
 class Metrics:
@@ -128,6 +129,8 @@ class Metrics:
             self.stage_duration.labels(stage)
         for reason in DROP_REASONS:
             self.dropped.labels(reason)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
 
     @contextmanager
     def time_stage(self, stage: str) -> Iterator[None]:

@@ -450,10 +450,12 @@ class EdgeMiddleware:
         if endpoint is not None:
             metrics.inflight.inc()
         try:
-            if endpoint in MODEL_ENDPOINTS and not self.engine.accepting:
-                refusal = error_response(*error_status(ShuttingDownError("server is shutting down")))
-                await refusal(scope, receive, send_with_id)
-                return
+            if endpoint in MODEL_ENDPOINTS:
+                try:
+                    self.engine.check_accepting()
+                except ShuttingDownError as error:
+                    await error_response(*error_status(error))(scope, receive, send_with_id)
+                    return
             limit = self._body_limit(scope["path"])
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -62,6 +62,7 @@ def test_a_full_queue_answers_503_and_resource_exhausted_then_recovers(server_fa
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["detail"].startswith("queue full")
     assert exhausted.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert server.metric("halo_rejected_total", {"reason": "queue_full"}) == 2
     assert [r.status_code for r in accepted] == [200, 200, 200]
     assert post_mesh(server.http_url, kps).status_code == 200
 
