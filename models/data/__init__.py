@@ -1,0 +1,1 @@
+"""Training-data synthesis: a rigged hand, pose sampling and occupancy labels."""

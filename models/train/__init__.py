@@ -1,0 +1,1 @@
+"""Training loops: the base occupancy model (``base``) and the grasp VAE."""

@@ -1,0 +1,205 @@
+"""``halo eval base``: measure a base checkpoint on held-out synthetic hands and on real keypoints.
+
+Synthetic (poses from the ``test`` split, never trained on): volumetric IoU of the occupancy on
+100k points (half uniform in the model box, half near the true surface), symmetric Chamfer distance
+of the extracted mesh to the posed ground-truth mesh, the fraction of non-tip keypoints inside the
+mesh and the fraction of meshes that are watertight and one piece.
+
+Real (``kps_seq.pkl`` of the HALO reference folder, when present): watertight single-piece meshes,
+non-tip keypoints inside, mesh volumes, and the Chamfer distance to the published model's meshes
+in ``reference.npz`` (reported, not a target: the two models learnt different hands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+
+from ..api import SHIPPED_BASE, HaloBase, load_base
+from ..canonical import MODEL_SCALE, canonicalize, transform_points
+from ..data.asset import fetch_hand_asset
+from ..data.labels import LabelConfig, query_points
+from ..data.poses import sample_poses, split_rng
+from ..data.rigged_hand import RiggedHand
+from ..geometry import chamfer_distance, inside_mesh
+from ..occupancy import card_path
+from ..skeleton import MANO_NON_TIPS
+
+DEFAULT_REFERENCE_DIR = Path("../shared/halo_reference")
+IOU_POINTS = LabelConfig(uniform_points=50_000, surface_points=50_000, surface_noise=(0.01,))
+CHAMFER_SAMPLES = 30_000
+VOLUME_RANGE_CM3 = (150.0, 500.0)
+
+
+def mesh_checks(mesh: trimesh.Trimesh, keypoints: np.ndarray) -> dict[str, float]:
+    """One extracted mesh (metres) and its (21,3) keypoints -> watertight/one-piece flags, inside fraction, volume cm3."""
+    watertight = bool(mesh.is_watertight and mesh.is_winding_consistent)
+    return {
+        "watertight_single": float(watertight and mesh.body_count == 1),
+        "non_tip_inside": float(inside_mesh(mesh, keypoints[MANO_NON_TIPS]).mean()),
+        "volume_cm3": float(mesh.volume * 1e6) if watertight else float("nan"),
+    }
+
+
+def surface_chamfer_mm(a: trimesh.Trimesh, b: trimesh.Trimesh, seed: int) -> float:
+    """Symmetric Chamfer distance between two meshes' surfaces (area-uniform samples), millimetres."""
+    rng = np.random.default_rng(seed)
+    samples = [
+        mesh.sample(CHAMFER_SAMPLES, seed=int(rng.integers(2**31))) if len(mesh.faces) else np.zeros((1, 3))
+        for mesh in (a, b)
+    ]
+    return 1000.0 * chamfer_distance(*samples)
+
+
+@torch.no_grad()
+def occupancy_iou(base: HaloBase, keypoints: np.ndarray, truth: trimesh.Trimesh, seed: int) -> float:
+    """IoU (occupancy > 0.5 vs winding number of the true mesh) on 100k model-box and near-surface points."""
+    normalization = canonicalize(torch.as_tensor(keypoints, dtype=torch.float64)[None]).normalization_matrix
+    vertices = MODEL_SCALE * transform_points(normalization, torch.as_tensor(truth.vertices)[None])[0].numpy()
+    points = query_points(vertices, truth.faces, np.random.default_rng(seed), IOU_POINTS)
+    inside = inside_mesh(trimesh.Trimesh(vertices, truth.faces, process=False), points)
+    # base.occupancy takes keypoint-frame metres: map the model-frame points back.
+    inverse = torch.linalg.inv(normalization)
+    points_k = transform_points(inverse, torch.as_tensor(points)[None] / MODEL_SCALE)[0].numpy()
+    predicted = base.occupancy(keypoints, points_k) > 0.5
+    return float((predicted & inside).sum() / max(1, (predicted | inside).sum()))
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return float(np.nanmean([row[key] for row in rows]))
+
+
+def evaluate_synthetic(
+    base: HaloBase, hand: RiggedHand, count: int, seed: int, resolution: int, batch: int = 8
+) -> dict[str, float]:
+    """Metrics over ``count`` held-out synthetic poses (test split)."""
+    poses = sample_poses(hand, count, split_rng("test", seed))
+    with torch.no_grad():
+        posed = poses.apply(hand)
+    keypoints = posed.keypoints.double().numpy()
+    faces = hand.faces.numpy()
+    rows = []
+    for start in range(0, count, batch):
+        meshes = base.mesh(keypoints[start : start + batch], resolution=resolution)
+        for offset, mesh in enumerate(meshes):
+            index = start + offset
+            truth = trimesh.Trimesh(posed.vertices[index].double().numpy(), faces, process=False)
+            row = mesh_checks(mesh, keypoints[index])
+            row["iou"] = occupancy_iou(base, keypoints[index], truth, seed=index)
+            row["chamfer_mm"] = surface_chamfer_mm(mesh, truth, seed=index)
+            rows.append(row)
+    return {
+        "poses": count,
+        "split_seed": seed,
+        "resolution": resolution,
+        "iou_mean": _mean(rows, "iou"),
+        "iou_min": float(min(row["iou"] for row in rows)),
+        "chamfer_mm_mean": _mean(rows, "chamfer_mm"),
+        "chamfer_mm_max": float(max(row["chamfer_mm"] for row in rows)),
+        "watertight_single_fraction": _mean(rows, "watertight_single"),
+        "non_tip_inside_fraction": _mean(rows, "non_tip_inside"),
+    }
+
+
+def evaluate_real(base: HaloBase, reference_dir: Path, resolution: int, batch: int = 10) -> dict[str, float] | None:
+    """Metrics on the 170 real keypoint frames of the HALO reference folder (None when it is absent)."""
+    sequence_path, reference_path = reference_dir / "kps_seq.pkl", reference_dir / "reference.npz"
+    if not sequence_path.is_file():
+        return None
+    with open(sequence_path, "rb") as handle:
+        # A plain list of float32 arrays: no custom classes are unpickled.
+        keypoints = np.stack(pickle.load(handle)).astype(np.float64)
+    meshes: list[trimesh.Trimesh] = []
+    for start in range(0, len(keypoints), batch):
+        meshes.extend(base.mesh(keypoints[start : start + batch], resolution=resolution))
+    rows = [mesh_checks(mesh, kps) for mesh, kps in zip(meshes, keypoints, strict=True)]
+    volumes = np.array([row["volume_cm3"] for row in rows])
+    low, high = VOLUME_RANGE_CM3
+    result = {
+        "frames": len(rows),
+        "resolution": resolution,
+        "watertight_single_fraction": _mean(rows, "watertight_single"),
+        "non_tip_inside_fraction": _mean(rows, "non_tip_inside"),
+        "volume_cm3_min": float(np.nanmin(volumes)),
+        "volume_cm3_max": float(np.nanmax(volumes)),
+        "volume_cm3_mean": float(np.nanmean(volumes)),
+        "volume_in_range_fraction": float(np.mean((volumes >= low) & (volumes <= high))),
+    }
+    if reference_path.is_file():
+        reference = np.load(reference_path)
+        distances = [
+            surface_chamfer_mm(
+                meshes[int(frame)],
+                trimesh.Trimesh(reference[f"mesh_vertices_{i}"], reference[f"mesh_faces_{i}"], process=False),
+                seed=i,
+            )
+            for i, frame in enumerate(reference["frames"])
+        ]
+        result["chamfer_mm_to_published_mean"] = float(np.mean(distances))
+        result["chamfer_mm_to_published_max"] = float(np.max(distances))
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``halo eval base``."""
+    parser.add_argument("--checkpoint", type=Path, default=None, help="base checkpoint (default: the shipped one)")
+    parser.add_argument("--poses", type=int, default=200, help="held-out synthetic poses")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out (test split) poses")
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--reference-dir", type=Path, default=DEFAULT_REFERENCE_DIR, help="HALO reference folder")
+    parser.add_argument(
+        "--hand-asset", type=Path, default=None, help="rigged hand glTF (default: fetch WebXR generic hand)"
+    )
+    parser.add_argument("--cache-dir", type=Path, default=None, help="where the hand asset is downloaded")
+    parser.add_argument("--write-card", action="store_true", help="store the metrics in the checkpoint's model card")
+    parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``halo eval base``."""
+    base = load_base(args.checkpoint)
+    hand = RiggedHand.from_gltf(args.hand_asset or fetch_hand_asset(args.cache_dir))
+    started = time.perf_counter()
+    metrics: dict = {"synthetic": evaluate_synthetic(base, hand, args.poses, args.seed, args.resolution)}
+    real = evaluate_real(base, args.reference_dir, args.resolution)
+    if real is not None:
+        metrics["real_kps_seq"] = real
+    metrics["eval_command"] = f"halo eval base --poses {args.poses} --seed {args.seed} --resolution {args.resolution}"
+    metrics["eval_wall_time_s"] = round(time.perf_counter() - started, 1)
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    if args.write_card:
+        card_file = card_path(args.checkpoint or SHIPPED_BASE)
+        card = json.loads(card_file.read_text())
+        card["metrics"] = metrics
+        card_file.write_text(json.dumps(card, indent=2) + "\n")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``base`` under an ``eval`` sub-command group; the handler is ``args.func``."""
+    parser = subparsers.add_parser("base", help="evaluate a base checkpoint (synthetic held-out + real keypoints)")
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.train.eval_base``: same options as ``halo eval base``."""
+    parser = argparse.ArgumentParser(prog="halo eval base", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
