@@ -131,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench_mesh.add_argument("--json", help="also write the results to this JSON file")
     bench_mesh.set_defaults(func=_bench_mesh)
 
+    from models.train import base as train_base
+    from models.train import eval_base
+
+    train = commands.add_parser("train", help="train models on synthetic data")
+    train_commands = train.add_subparsers(dest="train_command", required=True)
+    train_base.add_parser(train_commands)
+    evaluate = commands.add_parser("eval", help="evaluate checkpoints")
+    eval_commands = evaluate.add_subparsers(dest="eval_command", required=True)
+    eval_base.add_parser(eval_commands)
+
     from service.commands import add_bench_serve_command, add_serve_commands
 
     add_serve_commands(commands)
