@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import mcubes
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .canonical import MODEL_SCALE, Canonical, transform_points
 from .occupancy import HandCode, OccupancyDecoder
@@ -68,28 +67,26 @@ def skeleton_distance(points: torch.Tensor, joints: torch.Tensor) -> torch.Tenso
     return (points[:, :, None] - nearest).norm(dim=-1).amin(-1)
 
 
-def _forward_fill(values: torch.Tensor, known: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,X,Y,Z) values and known mask -> the same with unknown entries copied from the previous known one along dim."""
+def _forward_fill(values: np.ndarray, known: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B,X,Y,Z) values and known mask -> the same with unknown entries copied from the previous known one along axis."""
     shape = [1, 1, 1, 1]
-    shape[dim] = -1
-    positions = torch.arange(values.shape[dim], device=values.device).view(shape).expand_as(values)
-    source = torch.where(known, positions, -1).cummax(dim).values
-    return values.gather(dim, source.clamp_min(0)), source >= 0
+    shape[axis] = -1
+    positions = np.arange(values.shape[axis], dtype=np.int32).reshape(shape)
+    source = np.maximum.accumulate(np.where(known, positions, -1), axis=axis)
+    return np.take_along_axis(values, np.maximum(source, 0), axis=axis), source >= 0
 
 
 class _Crops:
     """Per-hand crops of the (R+1)^3 grid, all of one shape, aligned to the coarse lattice."""
 
     def __init__(self, joints_model: torch.Tensor, resolution: int, coarse_step: int, margin: float) -> None:
-        cell = BOX_SIZE / resolution
-        low = (joints_model.amin(1) - margin) / BOX_SIZE + 0.5  # (B,3) in box fractions
-        high = (joints_model.amax(1) + margin) / BOX_SIZE + 0.5
-        low = (low * resolution / coarse_step).floor().clamp(0, resolution // coarse_step) * coarse_step
-        high = (high * resolution / coarse_step).ceil().clamp(0, resolution // coarse_step) * coarse_step
-        self.size = int((high - low).amax().item())  # fine cells per side, a multiple of coarse_step
-        self.size = max(self.size, coarse_step)
-        self.origin = (low.clamp(max=resolution - self.size)).long()  # (B,3) grid index of the crop's corner
-        self.cell = cell
+        cells = resolution // coarse_step
+        low = ((joints_model.amin(1) - margin) / BOX_SIZE + 0.5) * cells  # (B,3) in coarse cells
+        high = ((joints_model.amax(1) + margin) / BOX_SIZE + 0.5) * cells
+        low, high = low.floor().clamp(0, cells), high.ceil().clamp(0, cells)
+        size = (high - low).amax(0).clamp_min(1)  # (3,) coarse cells per axis, shared by the batch
+        self.origin = (low.clamp(max=cells - size) * coarse_step).long()  # (B,3) fine index of each crop's corner
+        self.cells = tuple(int(n) * coarse_step for n in size)  # fine cells per axis
 
     def model_points(self, index: torch.Tensor, hand: torch.Tensor, resolution: int) -> torch.Tensor:
         """(T,3) crop indices, (T,) hand index -> (T,3) model-frame coordinates."""
@@ -127,13 +124,42 @@ def _evaluate(
     return values[hand, slot], evaluated
 
 
-def _split_points(split: torch.Tensor, spacing: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """(B,n,n,n) voxels to split, half their side in fine cells, fine grid shape -> (B,X+1,Y+1,Z+1) their 27 lattice points."""
-    cells = split.repeat_interleave(2, 1).repeat_interleave(2, 2).repeat_interleave(2, 3)
-    corners = F.max_pool3d(F.pad(cells[:, None].float(), (1, 1, 1, 1, 1, 1)), 2, stride=1)[:, 0] > 0
-    mask = torch.zeros(shape, dtype=torch.bool, device=split.device)
-    mask[:, ::spacing, ::spacing, ::spacing] = corners
-    return mask
+def _every(mask: torch.Tensor, dim: int, start: int, stop: int | None = None, step: int = 2) -> torch.Tensor:
+    """Strided view of ``mask`` along ``dim``."""
+    index = [slice(None)] * mask.dim()
+    index[dim] = slice(start, stop, step)
+    return mask[tuple(index)]
+
+
+def _closed_cube_any(points: torch.Tensor) -> torch.Tensor:
+    """(B,2x+1,2y+1,2z+1) bool grid points -> (B,x,y,z): any point on each side-2 voxel's closed cube."""
+    for dim in (1, 2, 3):
+        points = _every(points, dim, 0, -1) | _every(points, dim, 1) | _every(points, dim, 2)
+    return points
+
+
+def _children_any(voxels: torch.Tensor) -> torch.Tensor:
+    """(B,2x,2y,2z) bool per voxel -> (B,x,y,z): any over each parent's 8 children."""
+    for dim in (1, 2, 3):
+        voxels = _every(voxels, dim, 0) | _every(voxels, dim, 1)
+    return voxels
+
+
+def _upsample(voxels: torch.Tensor) -> torch.Tensor:
+    """(B,x,y,z) -> (B,2x,2y,2z): each voxel's value for its 8 children."""
+    return voxels.repeat_interleave(2, 1).repeat_interleave(2, 2).repeat_interleave(2, 3)
+
+
+def _cell_corners(cells: torch.Tensor) -> torch.Tensor:
+    """(B,x,y,z) bool cells -> (B,x+1,y+1,z+1) bool: the corners of the marked cells."""
+    for dim in (1, 2, 3):
+        shape = list(cells.shape)
+        shape[dim] += 1
+        corners = cells.new_zeros(shape)
+        corners.narrow(dim, 0, cells.shape[dim]).copy_(cells)
+        corners.narrow(dim, 1, cells.shape[dim]).logical_or_(cells)
+        cells = corners
+    return cells
 
 
 def mise(
@@ -143,20 +169,22 @@ def mise(
     resolution: int,
     cull_radius: float | None,
     stats: MeshStats,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """HandCode for B hands, (B,21,3) biomech joints in the model frame -> ((B,S+1,S+1,S+1) densified occupancy crops, (B,3) crop origins)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HandCode for B hands, (B,21,3) biomech joints, model frame -> (B,X+1,Y+1,Z+1) crop values, known mask, (B,3) origins."""
     coarse, depth = MISE_LEVELS[resolution]
     step = resolution // coarse  # fine cells per coarse voxel
     margin = BOX_SIZE / coarse + (cull_radius * MODEL_SCALE if cull_radius is not None else BOX_SIZE)
     crops = _Crops(joints_model, resolution, step, margin)
-    batch, size, device = joints_model.shape[0], crops.size, joints_model.device
-    shape = (batch, size + 1, size + 1, size + 1)
+    batch, device = joints_model.shape[0], joints_model.device
+    shape = (batch, *(cells + 1 for cells in crops.cells))
     values = torch.zeros(shape, device=device)
     known = torch.zeros(shape, dtype=torch.bool, device=device)
     requested = torch.zeros(shape, dtype=torch.bool, device=device)
     requested[:, ::step, ::step, ::step] = True
+    # split[level]: which voxels of that level (side step >> level fine cells) have been subdivided
     split = [
-        torch.zeros(batch, *(3 * (size // (step >> level),)), dtype=torch.bool, device=device) for level in range(depth)
+        torch.zeros(batch, *(cells // (step >> level) for cells in crops.cells), dtype=torch.bool, device=device)
+        for level in range(depth)
     ]
     while True:
         new = requested & ~known
@@ -166,51 +194,56 @@ def mise(
         hand = index[:, 0]
         started = time.perf_counter()
         points = crops.model_points(index[:, 1:], hand, resolution)
-        values[new], evaluated = _evaluate(decoder, code, joints_model, points, hand, cull_radius)
+        # Only the coarse pass is culled: refinement points surround a sign change, so lie near the surface.
+        coarse_pass = not known.any()
+        cull = cull_radius if coarse_pass else None
+        values[new], evaluated = _evaluate(decoder, code, joints_model, points, hand, cull)
         stats.occupancy_s += time.perf_counter() - started
         stats.points_evaluated += evaluated
         stats.refinement_rounds.append(evaluated)
         known |= new
         requested = _refine(values, known, split, step)
-    return densify(values, known), crops.origin
+    return values, known, crops.origin
 
 
 def _refine(values: torch.Tensor, known: torch.Tensor, split: list[torch.Tensor], step: int) -> torch.Tensor:
-    """Split every leaf voxel whose closed cube holds known values on both sides of 0.5; -> mask of the points it needs."""
-    inside = (known & (values >= THRESHOLD)).float()[:, None]
-    outside = (known & (values <= THRESHOLD)).float()[:, None]
+    """Split every leaf voxel whose closed cube holds known values on both sides of 0.5 -> mask of the points it needs."""
     requested = torch.zeros_like(known)
     depth = len(split)
-    # Closed-cube "any" per voxel, finest splittable level first, then 2x2x2 unions for coarser levels.
-    inside = F.max_pool3d(inside, 3, stride=2)
-    outside = F.max_pool3d(outside, 3, stride=2)
+    # "any inside / any outside on the closed cube": finest splittable level first, then unions of children.
+    inside = _closed_cube_any(known & (values >= THRESHOLD))
+    outside = _closed_cube_any(known & (values <= THRESHOLD))
     for level in reversed(range(depth)):
         if level < depth - 1:
-            inside, outside = F.max_pool3d(inside, 2), F.max_pool3d(outside, 2)
-        if level == 0:
-            leaf = ~split[0]
-        else:
-            parent = split[level - 1]
-            leaf = parent.repeat_interleave(2, 1).repeat_interleave(2, 2).repeat_interleave(2, 3) & ~split[level]
-        new_split = leaf & (inside[:, 0] > 0) & (outside[:, 0] > 0)
+            inside, outside = _children_any(inside), _children_any(outside)
+        leaf = ~split[level] if level == 0 else _upsample(split[level - 1]) & ~split[level]
+        new_split = leaf & inside & outside
         if new_split.any():
             split[level] |= new_split
-            requested |= _split_points(new_split, (step >> level) // 2, tuple(known.shape))
+            spacing = (step >> level) // 2  # the new points lie on the lattice of half the voxel side
+            requested[:, ::spacing, ::spacing, ::spacing] |= _cell_corners(_upsample(new_split))
     return requested
 
 
-def densify(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """(B,X,Y,Z) values and known mask -> (B,X,Y,Z) with unknown entries copied from the previous known along x, then y, then z."""
-    for dim in (1, 2, 3):
-        values, known = _forward_fill(values, known, dim)
+def densify(values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """(B,X,Y,Z) values, known mask -> (B,X,Y,Z), unknown entries copied from the previous known along x, then y, then z."""
+    for axis in (1, 2, 3):
+        values, known = _forward_fill(values, known, axis)
     return values
 
 
 def marching_cubes(grid: np.ndarray, origin: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """(X,Y,Z) occupancy crop, (3,) its grid origin -> (V,3) model-frame vertices (float64), (F,3) outward faces."""
-    padded = np.pad(grid.astype(np.float64), 1, constant_values=-1e6)
+    inside = np.argwhere(grid >= THRESHOLD)
+    if len(inside) == 0:
+        return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
+    # No surface lies beyond one cell of the inside points: march only over their bounding box.
+    low = np.maximum(inside.min(0) - 1, 0)
+    high = np.minimum(inside.max(0) + 2, grid.shape)
+    block = grid[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
+    padded = np.pad(block.astype(np.float64), 1, constant_values=-1e6)
     vertices, faces = mcubes.marching_cubes(padded, THRESHOLD)
-    vertices = grid_to_model(torch.from_numpy(vertices - 1.0 + origin), resolution).numpy()
+    vertices = grid_to_model(torch.from_numpy(vertices - 1.0 + origin + low), resolution).numpy()
     return vertices, faces.astype(np.int64)
 
 
@@ -232,11 +265,12 @@ def extract_meshes(
     meshes = []
     for first in range(0, len(joints_model), group):
         part = slice(first, first + group)
-        grids, origins = mise(
+        values, known, origins = mise(
             decoder, HandCode(code.weight[part], code.bias[part]), joints_model[part], resolution, cull_radius, stats
         )
         started = time.perf_counter()
-        grids, origins = grids.cpu().numpy(), origins.cpu().numpy()
+        grids = densify(values.cpu().numpy(), known.cpu().numpy())
+        origins = origins.cpu().numpy()
         for grid, origin, normalization in zip(grids, origins, canonical.normalization_matrix[part], strict=True):
             vertices, faces = marching_cubes(grid, origin, resolution)
             inverse = torch.linalg.inv(normalization.double().cpu())

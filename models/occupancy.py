@@ -106,9 +106,11 @@ class OccupancyDecoder(nn.Module):
         bias = code.bias.transpose(0, 1).reshape(parts * batch, 1, -1)
         hidden = torch.baddbmm(bias, points.repeat(parts, 1, 1), weight)
         hidden = F.leaky_relu_(hidden, slope).reshape(parts, batch * count, -1)
-        # In-place bias and activation keep the working set small enough to stay in cache.
+        # The skip connection is folded into the weights, A h + h = (A + I) h, and bias and activation
+        # run in place: no copies of the (P, B*N, H) activations.
+        identity = torch.eye(self.config.hidden, dtype=hidden.dtype, device=hidden.device)
         for layer_weight, layer_bias in zip(self.hidden_weight, self.hidden_bias, strict=True):
-            hidden = torch.baddbmm(hidden, hidden, layer_weight.transpose(1, 2))  # residual + A h
+            hidden = torch.bmm(hidden, layer_weight.transpose(1, 2) + identity)
             hidden = F.leaky_relu_(hidden.add_(layer_bias.unsqueeze(1)), slope)
         out = torch.baddbmm(self.output_bias.unsqueeze(1), hidden, self.output_weight.transpose(1, 2))
         return out.reshape(parts, batch, count)
@@ -118,7 +120,7 @@ class OccupancyDecoder(nn.Module):
         return self.part_logits(points, self.hand_code(part_matrices, bone_lengths)).amax(0)
 
     @torch.inference_mode()
-    def occupancy(self, points: torch.Tensor, code: HandCode, chunk_points: int = 2048) -> torch.Tensor:
+    def occupancy(self, points: torch.Tensor, code: HandCode, chunk_points: int = 1024) -> torch.Tensor:
         """(B,N,3) model-frame points, HandCode -> (B,N) probabilities, evaluated in chunks of ~chunk_points."""
         step = max(1, chunk_points // points.shape[0])
         logits = [self.part_logits(chunk, code).amax(0) for chunk in points.split(step, dim=1)]
