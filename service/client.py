@@ -66,18 +66,25 @@ def _mesh_from_json(data: dict) -> trimesh.Trimesh:
     )
 
 
-class RestClient:
+class _Closing:
+    """Context-manager support for the clients: ``with Client(...) as client`` closes the connection."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class RestClient(_Closing):
     """Client for the REST front end (JSON in and out)."""
 
     def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 300.0):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
-
-    def __enter__(self) -> RestClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self.http.close()
@@ -187,7 +194,7 @@ def _hand_proto(keypoints: Any, joint_order: str, hand: str) -> halo_pb2.Hand:
     )
 
 
-class GrpcClient:
+class GrpcClient(_Closing):
     """Client for ``halo.v1.HaloService`` (meshes arrive as packed float32, so vertices are float32-exact)."""
 
     def __init__(self, target: str = "127.0.0.1:50051", token: str | None = None, timeout: float | None = 300.0):
@@ -195,12 +202,6 @@ class GrpcClient:
         self.stub = halo_pb2_grpc.HaloServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
-
-    def __enter__(self) -> GrpcClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self.channel.close()

@@ -130,48 +130,51 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
 
 
 class _Call:
-    """Per-call bookkeeping shared by unary and streaming handlers: auth, request id, metrics, logs."""
+    """Per-call bookkeeping as an async context: request id, metrics, one log line, errors -> status codes."""
 
     def __init__(self, engine: Engine, endpoint: str, context: grpc.aio.ServicerContext):
         self.engine, self.endpoint, self.context = engine, endpoint, context
-        metadata = dict(context.invocation_metadata() or ())
-        self.request_id = str(metadata.get("x-request-id", ""))[:64] or uuid.uuid4().hex
-        self.token = request_id_var.set(self.request_id)
+        self.metadata = dict(context.invocation_metadata() or ())
+        self.status = "OK"
+
+    async def __aenter__(self) -> _Call:
+        request_id = str(self.metadata.get("x-request-id", ""))[:64] or uuid.uuid4().hex
+        self.token = request_id_var.set(request_id)
         self.started = time.perf_counter()
-        self.status = grpc.StatusCode.OK
-        expected = engine.settings.auth_token
-        given = str(metadata.get("authorization", ""))
-        self.authorized = expected is None or secrets.compare_digest(given.encode(), f"Bearer {expected}".encode())
-        engine.metrics.inflight.inc()
+        self.engine.metrics.inflight.inc()
+        return self
 
     def admit(self) -> None:
         """Refuse the call if the token is wrong or the server is stopping."""
-        if not self.authorized:
-            raise UnauthenticatedError("authorization: missing or wrong bearer token")
+        expected = self.engine.settings.auth_token
+        if expected is not None:
+            given = str(self.metadata.get("authorization", ""))
+            if not secrets.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+                raise UnauthenticatedError("authorization: missing or wrong bearer token")
         self.engine.check_accepting()
 
-    async def fail(self, error: Exception) -> None:
-        self.status = status_for(error)
-        message = str(error) if self.status != grpc.StatusCode.INTERNAL else "internal error"
-        if self.status == grpc.StatusCode.INTERNAL:
-            log.exception("call failed")
-        await self.context.abort(self.status, message)
+    async def __aexit__(self, exc_type: type | None, error: BaseException | None, tb: object) -> None:
+        try:
+            if isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
+                code = status_for(error)
+                self.status = code.name
+                if code == grpc.StatusCode.INTERNAL:
+                    log.error("call failed", exc_info=error)
+                await self.context.abort(code, str(error) if code != grpc.StatusCode.INTERNAL else "internal error")
+            elif error is not None and not isinstance(error, Exception):
+                self.status = "CANCELLED"
+        finally:
+            self._record()
 
-    def finish(self, cancelled: bool = False) -> None:
-        status = "CANCELLED" if cancelled else self.status.name
+    def _record(self) -> None:
         elapsed = time.perf_counter() - self.started
         metrics = self.engine.metrics
         metrics.inflight.dec()
-        metrics.requests.labels(self.endpoint, "grpc", status).inc()
+        metrics.requests.labels(self.endpoint, "grpc", self.status).inc()
         metrics.request_duration.labels(self.endpoint, "grpc").observe(elapsed)
         log.info(
             "request",
-            extra={
-                "protocol": "grpc",
-                "endpoint": self.endpoint,
-                "status": status,
-                "seconds": round(elapsed, 4),
-            },
+            extra={"protocol": "grpc", "endpoint": self.endpoint, "status": self.status, "seconds": round(elapsed, 4)},
         )
         request_id_var.reset(self.token)
 
@@ -187,20 +190,9 @@ _GRPC_ENDPOINTS = {
 def _guard_unary(engine: Engine, endpoint: str, handler: Callable) -> Callable:
     @functools.wraps(handler)
     async def guarded(request, context):
-        call = _Call(engine, endpoint, context)
-        cancelled = False
-        try:
+        async with _Call(engine, endpoint, context) as call:
             call.admit()
             return await handler(request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as error:
-            await call.fail(error)
-        except BaseException:
-            cancelled = True
-            raise
-        finally:
-            call.finish(cancelled)
 
     return guarded
 
@@ -208,21 +200,10 @@ def _guard_unary(engine: Engine, endpoint: str, handler: Callable) -> Callable:
 def _guard_stream(engine: Engine, endpoint: str, handler: Callable) -> Callable:
     @functools.wraps(handler)
     async def guarded(request, context) -> AsyncIterator:
-        call = _Call(engine, endpoint, context)
-        cancelled = False
-        try:
+        async with _Call(engine, endpoint, context) as call:
             call.admit()
             async for item in handler(request, context):
                 yield item
-        except grpc.aio.AbortError:
-            raise
-        except Exception as error:
-            await call.fail(error)
-        except BaseException:
-            cancelled = True
-            raise
-        finally:
-            call.finish(cancelled)
 
     return guarded
 
