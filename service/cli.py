@@ -131,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_mesh.add_argument("--json", help="also write the results to this JSON file")
     bench_mesh.set_defaults(func=_bench_mesh)
 
+    from models.grasps.commands import add_eval_vae_command, add_grasps_command
     from models.train import base as train_base
     from models.train import eval_base
+    from models.train import vae as train_vae
 
     train = commands.add_parser("train", help="train models on synthetic data")
     train_commands = train.add_subparsers(dest="train_command", required=True)
@@ -140,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate checkpoints")
     eval_commands = evaluate.add_subparsers(dest="eval_command", required=True)
     eval_base.add_parser(eval_commands)
+    train_vae.add_parser(train_commands)
+    add_eval_vae_command(eval_commands)
+    add_grasps_command(commands)
 
     from service.commands import add_bench_serve_command, add_serve_commands
 

@@ -269,8 +269,11 @@ class GraspSynthesizer:
 
 
 def synthesise_dataset(out: Path, objects: int, per_object: int, batch_objects: int, config: SynthesisConfig,
-                       hand_asset: Path | None = None, seed: int = 0) -> None:
-    """Write shards ``out/shard_XXXXX.npz`` of kept grasps for objects 0..objects-1 (resumes: skips done shards)."""
+                       hand_asset: Path | None = None, seed: int = 0, start: int = 0) -> None:
+    """Write shards ``out/shard_XXXXX.npz`` of kept grasps for objects start..objects-1 (skips done shards).
+
+    Several workers may share ``out`` when they start at different multiples of ``batch_objects``.
+    """
     out.mkdir(parents=True, exist_ok=True)
     hand = RiggedHand.from_gltf(hand_asset or fetch_hand_asset())
     synthesizer = GraspSynthesizer(hand, config)
@@ -279,7 +282,7 @@ def synthesise_dataset(out: Path, objects: int, per_object: int, batch_objects: 
         "synthesis": asdict(config), "objects": objects, "per_object": per_object, "seed": seed,
         "bps_points": BPS_POINTS, "bps_radius_m": BPS_RADIUS_M,
     }, indent=2))
-    for first in range(0, objects, batch_objects):
+    for first in range(start - start % batch_objects, objects, batch_objects):
         shard = out / f"shard_{first // batch_objects:05d}.npz"
         if shard.exists():
             continue
@@ -318,9 +321,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=SynthesisConfig.steps)
     parser.add_argument("--hand-asset", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--start", type=int, default=0, help="first object (for a second worker)")
     args = parser.parse_args(argv)
     synthesise_dataset(args.out, args.objects, args.per_object, args.batch_objects,
-                       SynthesisConfig(steps=args.steps), args.hand_asset, args.seed)
+                       SynthesisConfig(steps=args.steps), args.hand_asset, args.seed, args.start)
 
 
 if __name__ == "__main__":

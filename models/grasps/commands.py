@@ -1,4 +1,4 @@
-"""Command-line entries for grasps (``halo grasps``, ``halo train vae``, ``halo eval vae``).
+"""Command-line entries for grasps (``halo grasps``, ``halo eval vae``; ``halo train vae`` is in train.vae).
 
 They only register argparse sub-commands and call the library; the ``halo`` program wires them in.
 """
@@ -31,8 +31,7 @@ def read_object(path: Path) -> trimesh.Trimesh:
         raise ObjectError(f"object: unknown mesh format {path.suffix!r}; use one of {', '.join(OBJECT_FORMATS)}")
     if not path.is_file():
         raise FileNotFoundError(f"object: no such file {path}")
-    loaded = trimesh.load(str(path), force="mesh", process=False)
-    return loaded
+    return trimesh.load(str(path), force="mesh", process=False)
 
 
 def run_grasps(args: argparse.Namespace) -> int:
@@ -110,17 +109,3 @@ def add_eval_vae_command(eval_commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", default=None, help="also write the results here")
     _model_arguments(parser)
     parser.set_defaults(func=run_eval)
-
-
-def add_train_vae_command(train_commands: argparse._SubParsersAction) -> None:
-    """Register ``vae`` on the ``halo train`` sub-command parser (arguments as ``models.train.vae``)."""
-    parser = train_commands.add_parser("vae", help="train the HALO-VAE on synthesised grasps", add_help=False)
-    parser.add_argument("rest", nargs=argparse.REMAINDER)
-    parser.set_defaults(func=lambda args: _train(args.rest))
-
-
-def _train(argv: list[str]) -> int:
-    from ..train.vae import main
-
-    main(argv)
-    return 0

@@ -70,9 +70,9 @@ def from_bones(wrist: torch.Tensor, directions: torch.Tensor, lengths: torch.Ten
 
 @dataclass
 class RefineConfig:
-    steps: int = 20
-    learning_rate: float = 1e-3
-    points: int = 192  # interior and surface points each
+    steps: int = 12
+    learning_rate: float = 1.5e-3
+    points: int = 96  # interior and surface points each
     w_penetration: float = 20.0
     w_contact: float = 0.05
     w_fingertips: float = 30.0  # per metre

@@ -21,11 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from ..api import load_base
+from ..data.objects import make_object
 from ..grasps.hand_object import bone_vectors, hand_object_terms
 from ..grasps.model import GraspVAE, VAEConfig, kl_divergence, save_vae
+from ..grasps.object_input import bps_basis, object_points, stack_points
 from ..occupancy import OccupancyDecoder
 
 
@@ -42,6 +45,7 @@ class TrainConfig:
     w_contact: float = 0.05
     w_fingertips: float = 0.3  # per cm
     time_budget_min: float = 0.0  # stop after this many minutes (0: no limit)
+    rotations: int = 4  # randomly rotated copies of every training object and its grasps
     seed: int = 0
 
 
@@ -97,6 +101,33 @@ def load_grasp_data(folder: Path) -> GraspData:
     )
 
 
+def augment_rotations(data: GraspData, copies: int, basis: np.ndarray, seed: int = 0) -> GraspData:
+    """Add ``copies`` randomly rotated versions of every object together with its grasps (BPS recomputed)."""
+    rng = np.random.default_rng(seed)
+    keypoints, owner, bps, surface, interior, index, split = [data.keypoints], [data.owner], [data.bps], \
+        [data.surface], [data.interior], [data.object_index], [data.split]
+    count = len(data.object_index)
+    for copy in range(copies):
+        rotations = Rotation.random(count, random_state=rng).as_matrix()
+        points = []
+        for row, object_number in enumerate(data.object_index):
+            mesh, _ = make_object(int(object_number))
+            mesh.apply_transform(np.block([[rotations[row], np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]]))
+            points.append(object_points(mesh, basis, seed=int(object_number) + 7919 * (copy + 1)))
+        stacked = stack_points(points)
+        grasp_rotation = torch.as_tensor(rotations, dtype=torch.float32)[data.owner]
+        centred = data.keypoints @ grasp_rotation.transpose(1, 2) - stacked["centre"][data.owner][:, None]
+        keypoints.append(centred)
+        owner.append(data.owner + count * (copy + 1))
+        bps.append(stacked["bps"])
+        surface.append(stacked["surface"])
+        interior.append(stacked["interior"])
+        index.append(data.object_index)
+        split.append(data.split)
+    return GraspData(torch.cat(keypoints), torch.cat(owner), torch.cat(bps), torch.cat(surface), torch.cat(interior),
+                     np.concatenate(index), np.concatenate(split), data.attempts, data.seconds)
+
+
 def batch_losses(model: GraspVAE, data: GraspData, rows: torch.Tensor, config: TrainConfig, kl_scale: float,
                  decoder: OccupancyDecoder | None) -> dict[str, torch.Tensor]:
     """One batch of grasp rows -> dict of scalar losses (``total`` is optimised)."""
@@ -147,8 +178,14 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
     """Train (resuming from ``run_dir/state.pt``), write curves and the final safetensors + card to ``out``."""
     torch.manual_seed(config.seed)
     data = load_grasp_data(data_dir)
-    train, val = data.subset("train"), data.subset("val")
     model = GraspVAE(vae_config)
+    vae_config = model.config
+    synthesis = json.loads((data_dir / "config.json").read_text())
+    if (synthesis["bps_points"], synthesis["bps_radius_m"]) != (vae_config.bps_points, vae_config.bps_radius_m):
+        raise ValueError("data: the data set's BPS settings differ from the model's; re-run the synthesis")
+    basis = bps_basis(vae_config.bps_points, vae_config.bps_radius_m, vae_config.bps_seed)
+    train, val = data.subset("train"), data.subset("val")
+    train = augment_rotations(train, config.rotations, basis, config.seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     base = load_base(base_path) if base_path is not None else None
     decoder = base.decoder.requires_grad_(False) if base is not None else None
@@ -192,7 +229,7 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
     plot_curves(history, run_dir / "vae_curves.png")
     card = {
         "name": "halo-vae",
-        "data": {"grasps": len(data.keypoints), "train_grasps": len(train.keypoints),
+        "data": {"grasps": len(data.keypoints), "train_grasps_with_rotations": len(train.keypoints),
                  "train_objects": len(train.object_index), "val_objects": len(val.object_index),
                  "synthesis_attempts": data.attempts, "synthesis_seconds": round(data.seconds, 1)},
         "training": {**asdict(config), "steps_done": step, "wall_time_s": round(time.perf_counter() - started, 1),
@@ -205,9 +242,8 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
     return save_vae(model.eval(), out, card)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line for ``halo train vae``."""
-    parser = argparse.ArgumentParser(description="Train the HALO-VAE grasp model")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``halo train vae``."""
     parser.add_argument("--data", type=Path, required=True, help="folder of shard_*.npz from grasp synthesis")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/vae"))
     parser.add_argument("--out", type=Path, default=Path("models/checkpoints/halo_vae.safetensors"))
@@ -216,13 +252,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--batch", type=int, default=TrainConfig.batch)
     parser.add_argument("--time-budget", type=float, default=0.0, help="minutes")
+    parser.add_argument("--rotations", type=int, default=TrainConfig.rotations,
+                        help="rotated copies of each training object (augmentation)")
     parser.add_argument("--checkpoint-every", type=int, default=250)
-    args = parser.parse_args(argv)
-    config = TrainConfig(steps=args.steps, batch=args.batch, time_budget_min=args.time_budget)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train with parsed options and print the model card."""
+    config = TrainConfig(steps=args.steps, batch=args.batch, time_budget_min=args.time_budget,
+                         rotations=args.rotations)
     card = train_vae(args.data, args.run_dir, args.out, config, args.base_checkpoint,
                      checkpoint_every=args.checkpoint_every)
     print(json.dumps(card, indent=2))
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``vae`` under a ``train`` sub-command group; the handler is ``args.func``."""
+    parser = subparsers.add_parser("vae", help="train the HALO-VAE on synthesised grasps")
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.train.vae``: same options as ``halo train vae``."""
+    parser = argparse.ArgumentParser(prog="halo train vae", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
