@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from models.canonical import validate_keypoints
+from models.data.objects import make_object
 from models.grasps.hand_object import RefineConfig, bone_vectors, from_bones, hand_object_terms, refine
 from models.grasps.model import GraspVAE, VAEConfig, kl_divergence, load_vae_weights, save_vae
+from models.grasps.object_input import bps_basis, object_points
 from models.occupancy import OccupancyDecoder
+from models.train.vae import augment_rotations, load_grasp_data
 
 SMALL = VAEConfig(bps_points=32, latent=8, hidden=32, object_code=16)
 
@@ -68,3 +71,23 @@ def test_hand_object_terms_see_points_inside_the_hand() -> None:
     far = hand_object_terms(decoder, hand, tips + 0.5, tips + torch.tensor([0.0, 0.0, 0.02]))
     assert far.fingertips.item() == pytest.approx(0.02, abs=1e-5)
     assert 0.0 <= far.penetration.item() <= 1.0 and far.contact.item() >= 0.0
+
+
+def test_grasp_data_loads_splits_and_rotates(tmp_path) -> None:
+    basis = bps_basis(16, 0.15)
+    indices = [0, 16, 18]  # train, val, test
+    points = [object_points(make_object(i)[0], basis, seed=i) for i in indices]
+    keypoints = np.stack([a_hand(1)[0].numpy()] * 4)
+    np.savez(tmp_path / "shard_00000.npz", object_index=np.array(indices),
+             object_split=np.array(["train", "val", "test"]), object_kind=np.array(["box"] * 3),
+             bps=np.stack([p.bps for p in points]), surface=np.stack([p.surface for p in points]),
+             interior=np.stack([p.interior for p in points]), keypoints=keypoints,
+             grasp_object=np.array([0, 0, 1, 2]), attempts=np.array(8), seconds=np.array(1.0))
+    data = load_grasp_data(tmp_path)
+    train, test = data.subset("train"), data.subset("test")
+    assert len(train.keypoints) == 2 and len(test.keypoints) == 1 and test.object_index.tolist() == [18]
+    rotated = augment_rotations(train, 1, basis)
+    assert len(rotated.keypoints) == 4 and rotated.owner.tolist() == [0, 0, 1, 1]
+    # A rigid rotation keeps the hand's shape: pairwise joint distances are unchanged.
+    torch.testing.assert_close(torch.cdist(rotated.keypoints[2], rotated.keypoints[2]),
+                               torch.cdist(train.keypoints[0], train.keypoints[0]), atol=1e-5, rtol=1e-5)

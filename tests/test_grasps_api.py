@@ -1,0 +1,62 @@
+"""The shipped grasp model end to end: ``vae.sample`` and ``halo grasps`` (skipped without checkpoints)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+import models
+from models.data.objects import make_object, split_indices
+from models.grasps.api import SHIPPED_VAE, GraspRequestError
+from service.cli import main
+
+
+@pytest.fixture(scope="module")
+def vae():
+    if not SHIPPED_VAE.is_file():
+        pytest.skip("the shipped VAE checkpoint models/checkpoints/halo_vae.safetensors is absent")
+    try:
+        base = models.load_base()
+    except FileNotFoundError:
+        pytest.skip("the shipped base checkpoint is absent")
+    return models.load_vae(base=base)
+
+
+def test_sample_returns_meshed_grasps_in_the_object_frame(vae) -> None:
+    obj, _ = make_object(split_indices("test", 1)[0])
+    obj.apply_translation([0.3, -0.2, 0.1])  # grasps must follow the object
+    grasps = vae.sample(obj, n=2, seed=3, refine=True, resolution=64)
+    assert len(grasps) == 2
+    for grasp in grasps:
+        assert grasp.keypoints.shape == (21, 3)
+        assert np.linalg.norm(grasp.keypoints.mean(0) - obj.bounds.mean(0)) < 0.15
+        assert grasp.mesh.is_watertight
+        assert {"contact", "penetration_volume_cm3", "max_penetration_depth_mm", "refined"} <= set(grasp.metrics)
+    again = vae.sample(obj, n=2, seed=3, refine=True, resolution=64)
+    np.testing.assert_allclose(again[0].keypoints, grasps[0].keypoints, atol=1e-5)
+    different = vae.sample(obj, n=2, seed=4, refine=False, resolution=64)
+    assert not np.allclose(different[0].keypoints, grasps[0].keypoints)
+
+
+def test_bad_requests_name_the_field(vae) -> None:
+    with pytest.raises(models.ObjectError, match=r"^object: "):
+        vae.sample(trimesh.creation.box(extents=[5, 5, 5]), n=1)
+    with pytest.raises(GraspRequestError, match=r"^n: "):
+        vae.sample(trimesh.creation.box(extents=[0.05] * 3), n=0)
+
+
+def test_cli_writes_meshes_and_metrics(vae, tmp_path: Path) -> None:
+    obj, _ = make_object(split_indices("test", 2)[1])
+    obj.export(tmp_path / "object.stl")
+    out = tmp_path / "out"
+    assert main(["grasps", str(tmp_path / "object.stl"), "-n", "2", "-o", str(out), "--resolution", "64"]) == 0
+    summary = json.loads((out / "grasps.json").read_text())
+    assert summary["n"] == 2 and len(summary["grasps"]) == 2
+    for record in summary["grasps"]:
+        assert trimesh.load(out / record["mesh"]).is_watertight
+        assert np.asarray(record["keypoints"]).shape == (21, 3)
+    assert main(["grasps", str(tmp_path / "missing.obj"), "-o", str(out)]) == 2
