@@ -22,7 +22,7 @@ import torch
 
 from .canonical import MODEL_SCALE, Canonical, transform_points
 from .occupancy import HandCode, OccupancyDecoder
-from .skeleton import BIOMECH_PARENTS
+from .skeleton import BIOMECH_PARENTS, PART_BONES
 
 BOX_SIZE = 1.1  # side of the extraction cube in model units (1 + padding 0.1), centred at the wrist
 THRESHOLD = 0.5
@@ -56,15 +56,20 @@ def grid_to_model(index: torch.Tensor, resolution: int) -> torch.Tensor:
     return BOX_SIZE * (index / resolution - 0.5)
 
 
-def skeleton_distance(points: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
-    """(B,N,3) points, (B,21,3) biomech joints (same frame) -> (B,N) distance to the nearest of the 20 bones."""
+def bone_distances(points: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
+    """(...,3) points, (...,21,3) biomech joints (same frame) -> (...,20) distance to each bone segment."""
     parents = torch.as_tensor(BIOMECH_PARENTS[1:], device=joints.device)
-    start, end = joints[:, parents], joints[:, 1:]  # (B,20,3)
+    start, end = joints[..., parents, :], joints[..., 1:, :]
     direction = end - start
-    along = ((points[:, :, None] - start[:, None]) * direction[:, None]).sum(-1)
-    along = (along / (direction * direction).sum(-1).clamp_min(1e-12)[:, None]).clamp(0.0, 1.0)
-    nearest = start[:, None] + along[..., None] * direction[:, None]
-    return (points[:, :, None] - nearest).norm(dim=-1).amin(-1)
+    offset = points.unsqueeze(-2) - start
+    along = ((offset * direction).sum(-1) / (direction * direction).sum(-1).clamp_min(1e-12)).clamp(0.0, 1.0)
+    return (offset - along.unsqueeze(-1) * direction).norm(dim=-1)
+
+
+def part_distances(bones: torch.Tensor) -> torch.Tensor:
+    """(...,20) distance to each bone -> (...,16) distance to each HALO part (the palm: nearest metacarpal)."""
+    part_bones = torch.as_tensor(PART_BONES, device=bones.device)
+    return torch.cat([bones[..., :5].amin(-1, keepdim=True), bones[..., part_bones]], dim=-1)
 
 
 def _forward_fill(values: np.ndarray, known: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,26 +107,13 @@ def _evaluate(
     cull_radius: float | None,
 ) -> tuple[torch.Tensor, int]:
     """(T,3) model-frame points of hands ``hand`` (T,) -> ((T,) occupancy, points evaluated); culled points get 0."""
-    batch = code.bias.shape[0]
-    counts = torch.bincount(hand, minlength=batch)
-    slot = torch.arange(len(hand), device=hand.device) - (counts.cumsum(0) - counts)[hand]
-    padded = points.new_zeros(batch, int(counts.max().item()), 3)
-    padded[hand, slot] = points
-    values = torch.zeros(batch, padded.shape[1], device=points.device)
+    bones = bone_distances(points, joints_model[hand])  # (T,20)
+    values = torch.zeros(len(points), device=points.device)
+    near = torch.ones_like(values, dtype=torch.bool)
     if cull_radius is not None:
-        near = skeleton_distance(padded, joints_model) <= cull_radius * MODEL_SCALE
-        near &= torch.arange(padded.shape[1], device=points.device)[None] < counts[:, None]
-        keep = near.sum(1)
-        order = torch.argsort((~near).to(torch.int8), dim=1, stable=True)  # near points first, per hand
-        compact = padded.gather(1, order[..., None].expand(-1, -1, 3))[:, : int(keep.max().item())]
-        probabilities = decoder.occupancy(compact, code)
-        valid = torch.arange(compact.shape[1], device=points.device)[None] < keep[:, None]
-        values.scatter_(1, order[:, : compact.shape[1]], torch.where(valid, probabilities, 0.0))
-        evaluated = int(keep.sum().item())
-    else:
-        values = decoder.occupancy(padded, code)
-        evaluated = len(hand)
-    return values[hand, slot], evaluated
+        near = bones.amin(-1) <= cull_radius * MODEL_SCALE
+    values[near] = decoder.nearest_parts_occupancy(points[near], hand[near], part_distances(bones[near]), code)
+    return values, int(near.sum())
 
 
 def _every(mask: torch.Tensor, dim: int, start: int, stop: int | None = None, step: int = 2) -> torch.Tensor:

@@ -126,6 +126,69 @@ class OccupancyDecoder(nn.Module):
         logits = [self.part_logits(chunk, code).amax(0) for chunk in points.split(step, dim=1)]
         return torch.sigmoid(torch.cat(logits, dim=1))
 
+    @torch.inference_mode()
+    def nearest_parts_occupancy(
+        self,
+        points: torch.Tensor,
+        hand: torch.Tensor,
+        part_distance: torch.Tensor,
+        code: HandCode,
+        parts_per_point: int = 6,
+        block: int = 512,
+        chunk_blocks: int = 8,
+    ) -> torch.Tensor:
+        """(T,3) model-frame points of hands ``hand`` (T,), (T,P) distance to each part -> (T,) probabilities.
+
+        The max runs over each point's ``parts_per_point`` nearest parts only: a part's MLP is only ever
+        the largest near its own bone. (point, part) pairs are sorted by (hand, part) and cut into blocks of
+        ``block`` pairs that share one MLP, so the ragged work is a plain batched matmul over blocks."""
+        parts = self.config.num_parts
+        count = len(points)
+        nearest = part_distance.topk(min(parts_per_point, parts), dim=1, largest=False).indices  # (T,K)
+        pair_point = torch.arange(count, device=points.device).repeat_interleave(nearest.shape[1])
+        group = hand[pair_point] * parts + nearest.reshape(-1)  # which (hand, part) MLP, per pair
+        order = torch.argsort(group, stable=True)
+        group, pair_point = group[order], pair_point[order]
+        sizes = torch.bincount(group, minlength=code.bias.shape[0] * parts)
+        padded_sizes = (sizes + block - 1) // block * block
+        rank = torch.arange(len(group), device=points.device) - (sizes.cumsum(0) - sizes)[group]
+        slot = (padded_sizes.cumsum(0) - padded_sizes)[group] + rank
+        inputs = points.new_zeros(int(padded_sizes.sum()), 3)
+        inputs[slot] = points[pair_point]
+        block_group = torch.repeat_interleave(torch.arange(len(sizes), device=points.device), padded_sizes // block)
+        identity = torch.eye(self.config.hidden, dtype=points.dtype, device=points.device)
+        weights = (
+            code.weight.flatten(0, 1),  # (B*P,3,H)
+            code.bias.flatten(0, 1).unsqueeze(1),  # (B*P,1,H)
+            self.hidden_weight.transpose(-1, -2) + identity,  # (L,P,H,H), skip connection folded in
+            self.hidden_bias.unsqueeze(2),  # (L,P,1,H)
+            self.output_weight.transpose(1, 2),  # (P,H,1)
+            self.output_bias.unsqueeze(1),  # (P,1,1)
+        )
+        logits = torch.cat(
+            [
+                self._block_logits(chunk, groups, parts, weights)
+                for chunk, groups in zip(
+                    inputs.view(-1, block, 3).split(chunk_blocks), block_group.split(chunk_blocks), strict=True
+                )
+            ]
+        )
+        best = torch.full((count,), -torch.inf, device=points.device)
+        best.scatter_reduce_(0, pair_point, logits[slot], reduce="amax")
+        return torch.sigmoid(best)
+
+    def _block_logits(
+        self, inputs: torch.Tensor, groups: torch.Tensor, parts: int, weights: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        """(n,S,3) points, (n,) (hand, part) index of each block, stacked weights -> (n*S,) part logits."""
+        first_weight, first_bias, hidden_weight, hidden_bias, output_weight, output_bias = weights
+        slope = self.config.leaky_slope
+        part = groups % parts
+        hidden = F.leaky_relu_(torch.baddbmm(first_bias[groups], inputs, first_weight[groups]), slope)
+        for layer_weight, layer_bias in zip(hidden_weight, hidden_bias, strict=True):
+            hidden = F.leaky_relu_(torch.bmm(hidden, layer_weight[part]).add_(layer_bias[part]), slope)
+        return torch.baddbmm(output_bias[part], hidden, output_weight[part]).reshape(-1)
+
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: our safetensors format (+ a JSON model card beside it) and the published HALO pickle.

@@ -7,7 +7,7 @@ import trimesh
 
 from models.canonical import MODEL_SCALE, canonicalize, transform_points
 from models.geometry import chamfer_distance
-from models.meshing import MeshStats, extract_meshes
+from models.meshing import MeshStats, bone_distances, extract_meshes, part_distances
 
 pytestmark = pytest.mark.parity
 
@@ -79,3 +79,22 @@ def test_rigidly_moved_input_gives_the_moved_reference_mesh(reference, published
     mesh = published_base.mesh(reference["extra_rt_keypoints_mano_m"])
     theirs = trimesh.Trimesh(reference["extra_rt_mesh_vertices"], reference["extra_rt_mesh_faces"], process=False)
     assert chamfer_distance(mesh.vertices, theirs.vertices) <= 1e-4
+
+
+def test_nearest_parts_evaluation_equals_all_parts_where_it_matters(reference, published_base):
+    """Meshing evaluates each point's 6 nearest parts only; on the reference query points that must give
+    the same occupancy as all 16 parts wherever the hand is (p > 0.01) and never change the decision."""
+    decoder = published_base.decoder
+    canonical = canonicalize(torch.from_numpy(reference["keypoints_mano_m"]).double())
+    code = decoder.hand_code(canonical.part_matrices.float(), canonical.bone_lengths.float())
+    points = torch.from_numpy(reference["query_points"])
+    full = decoder.occupancy(points, code)
+    hands = torch.arange(len(points)).repeat_interleave(points.shape[1])
+    flat = points.reshape(-1, 3)
+    joints = canonical.joints.float()[hands] * MODEL_SCALE
+    nearest = decoder.nearest_parts_occupancy(flat, hands, part_distances(bone_distances(flat, joints)), code)
+    nearest = nearest.reshape(full.shape)
+    relevant = full > 0.01
+    assert torch.equal(nearest[relevant], full[relevant])
+    assert torch.equal(nearest > 0.5, full > 0.5)
+    assert (full - nearest).max() <= 0.01
