@@ -83,10 +83,12 @@ class Engine:
         self.accepting = True
 
     async def start(self) -> None:
-        """Load the models (in the compute thread), warm up, start batching, become ready."""
+        """Load the models (in the compute thread), warm up, start batching; ready if the base model loaded."""
         self.batcher.start()
         await self.batcher.run_blocking(self._load_models)
-        if self.settings.warmup and self.base is not None:
+        if self.base is None:
+            return
+        if self.settings.warmup:
             started = time.perf_counter()
             await self.batcher.run_blocking(self._warm_up)
             log.info("warm-up done", extra={"seconds": round(time.perf_counter() - started, 3)})

@@ -69,7 +69,7 @@ class HaloServer:
         await set_serving(self._health, False)
         log.info("listening", extra={"http_port": self.http_port, "grpc_port": self.grpc_port})
         await self.engine.start()
-        await set_serving(self._health, True)
+        await set_serving(self._health, self.engine.ready)
         log.info(
             "ready",
             extra={"models": {k: v["available"] for k, v in self.engine.describe()["models"].items()}},

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
 import trimesh
+from service_helpers import GatedBase, wait_until
 
 import models
 from service.client import HaloError, RestClient
@@ -193,3 +195,38 @@ def test_errors_carry_the_request_id_and_no_stack_trace(live_server):
     assert response.headers["x-request-id"] == "abc123"
     assert response.json()["request_id"] == "abc123"
     assert "Traceback" not in response.text
+
+
+def test_a_client_that_disconnects_while_queued_causes_no_work(server_factory, reference_keypoints):
+    server = server_factory(warmup=False, max_batch_size=1)
+    gated = GatedBase(server.engine.base)
+    server.engine.base = gated
+    body = hand_body(reference_keypoints[0], resolution=64)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(httpx.post, f"{server.http_url}/mesh", json=body, timeout=60)
+        assert gated.entered.wait(30)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.http_url}/mesh", json=body, timeout=httpx.Timeout(60, read=0.5))
+        wait_until(lambda: server.metric("halo_requests_total", {"endpoint": "mesh", "protocol": "rest",
+                                                                 "status": "499"}) == 1)
+        gated.gate.set()
+        assert running.result(60).status_code == 200
+    wait_until(lambda: server.metric("halo_dropped_total", {"reason": "cancelled"}) == 1)
+    assert server.metric("halo_meshes_total", {"resolution": "64"}) == 1
+
+
+def test_without_a_base_model_the_server_lives_but_is_not_ready(tmp_path, reference_keypoints):
+    from conftest import start_server
+
+    server = start_server(base_checkpoint=tmp_path / "missing.safetensors")
+    try:
+        assert httpx.get(f"{server.http_url}/healthz").status_code == 200
+        assert httpx.get(f"{server.http_url}/readyz").status_code == 503
+        described = httpx.get(f"{server.http_url}/models").json()["models"]
+        assert described["base"]["available"] is False and "missing.safetensors" in described["base"]["reason"]
+        response = httpx.post(f"{server.http_url}/mesh", json={"keypoints": [[0.0] * 3] * 21}, timeout=30)
+        assert response.status_code == 422  # input errors are still reported first
+        response = httpx.post(f"{server.http_url}/mesh", json=hand_body(reference_keypoints[0]), timeout=30)
+        assert response.status_code == 503 and response.json()["detail"].startswith("base model not available")
+    finally:
+        server.stop()
