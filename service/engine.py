@@ -8,10 +8,12 @@ missing are reported by ``describe`` and make their endpoints raise ``ModelUnava
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,9 @@ from service.config import Settings
 from service.metrics import Metrics
 
 log = logging.getLogger("halo.engine")
+
+# The hand meshed once at start-up so the first request does not pay for lazy initialisation.
+SAMPLE_KEYPOINTS = Path(models.__file__).resolve().parent / "assets" / "sample_keypoints.json"
 
 
 class ModelUnavailableError(Exception):
@@ -120,26 +125,10 @@ class Engine:
         log.info("model loaded", extra={"model": role, "name": card.get("name"), "device": self.device})
 
     def _warm_up(self) -> None:
-        kps = self._warmup_keypoints()
-        self.base.mesh_with_stats(
-            kps[None], joint_order="mano", hand="right", resolution=min(self.settings.resolutions)
-        )
-
-    @staticmethod
-    def _warmup_keypoints() -> np.ndarray:
-        """A plausible flat right hand, (21,3) metres, mano order, wrist at the origin."""
-        finger_x = np.array([0.035, 0.02, 0.0, -0.02, -0.035])
-        lengths = np.array([0.0, 0.03, 0.025, 0.02])
-        kps = np.zeros((21, 3))
-        for finger in range(5):
-            base_y = 0.03 if finger == 0 else 0.09
-            for joint in range(4):
-                kps[1 + 4 * finger + joint] = [
-                    finger_x[finger] + (0.02 if finger == 0 else 0.0) * joint,
-                    base_y + lengths[: joint + 1].sum(),
-                    0.0,
-                ]
-        return kps
+        sample = json.loads(SAMPLE_KEYPOINTS.read_text())
+        kps = np.asarray(sample["keypoints"], dtype=np.float64)[None]
+        resolution = min(self.settings.resolutions)
+        self.base.mesh_with_stats(kps, joint_order=sample["joint_order"], hand=sample["hand"], resolution=resolution)
 
     def describe(self) -> dict:
         """What is loaded: per model its card and device, or why it is unavailable."""
