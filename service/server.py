@@ -25,6 +25,8 @@ from service.rest import create_app
 
 log = logging.getLogger("halo.server")
 
+SHUTDOWN_LINGER_S = 0.5
+
 
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: HaloServer decides when to stop."""
@@ -89,6 +91,9 @@ class HaloServer:
         except asyncio.TimeoutError:
             log.error("grace period over with work still queued", extra={"queued": self.engine.batcher.depth})
         await grpc_stopped
+        # The last responses may still sit in socket buffers; closing a socket that holds unread
+        # client frames resets the connection, so give clients a moment to read and hang up.
+        await asyncio.sleep(SHUTDOWN_LINGER_S)
         if self._uvicorn_task is not None:
             await self._uvicorn_task
         await self.engine.close()
