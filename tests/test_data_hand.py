@@ -23,6 +23,9 @@ def test_loader_gives_a_watertight_hand_with_25_joints_mapped_to_21(rigged_hand)
     assert len(skinned.joint_names) == 25 and set(skinned.joint_names) == set(WEBXR_JOINT_MAP.parents)
     assert len(set(rigged_hand.mano_index.tolist())) == 21
     np.testing.assert_allclose(skinned.skin_weights.sum(1), 1.0, atol=1e-6)
+    # Skin regions map onto all 16 HALO parts; the palm (part 0) is the largest.
+    counts = torch.bincount(rigged_hand.vertex_parts, minlength=16)
+    assert (counts > 20).all() and int(counts.argmax()) == 0
     # Every joint's parent comes from the name map: the wrist is the only root.
     assert (skinned.parents == -1).sum() == 1 and skinned.joint_names[int(np.argmin(skinned.parents))] == "wrist"
 

@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from models.canonical import canonicalize
 from models.data.labels import LabelConfig, sample_labelled
 from models.occupancy import OccupancyDecoder, load_decoder
-from models.train.base import TrainConfig, learning_rate, train, training_step, winner_part_logits
+from models.train.base import (
+    TrainConfig,
+    chosen_part_logits,
+    learning_rate,
+    train,
+    training_step,
+    winner_part_logits,
+)
 
 TINY_LABELS = LabelConfig(uniform_points=64, surface_points=192)
 
@@ -36,6 +43,20 @@ def test_winner_part_logits_match_the_fused_forward_and_its_gradients(rigged_han
     torch.testing.assert_close(short_logits, full_logits, atol=1e-5, rtol=1e-5)
     for full, short in zip(full_grads, short_grads, strict=True):
         torch.testing.assert_close(short, full, atol=1e-6, rtol=1e-4)
+
+
+def test_chosen_part_logits_pick_each_points_part(rigged_hand):
+    torch.manual_seed(1)
+    decoder = OccupancyDecoder()
+    batch = sample_labelled(rigged_hand, 2, np.random.default_rng(2), label_config=TINY_LABELS)
+    assert batch.parts.shape == batch.occupancy.shape and len(batch.parts.unique()) > 8
+    canonical = canonicalize(batch.keypoints)
+    code = decoder.hand_code(canonical.part_matrices, canonical.bone_lengths)
+    every_part = decoder.part_logits(batch.points, code)  # (P,B,N)
+    expected = every_part.gather(0, batch.parts[None])[0]
+    torch.testing.assert_close(
+        chosen_part_logits(decoder, batch.points, code, batch.parts), expected, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_training_steps_reduce_the_loss_on_a_tiny_batch(rigged_hand):

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import trimesh
+from scipy.spatial import cKDTree
 
 from ..canonical import MODEL_SCALE, canonicalize, transform_points
 from ..geometry import inside_mesh
@@ -42,6 +43,7 @@ class LabelledBatch:
     keypoints: torch.Tensor  # (B,21,3) metres, keypoint frame, mano order
     points: torch.Tensor  # (B,N,3) model frame M
     occupancy: torch.Tensor  # (B,N) 1 inside, 0 outside
+    parts: torch.Tensor  # (B,N) int64 HALO part (0..15) of the skin nearest to each point
     vertices_model: list[np.ndarray]  # B x (V,3) posed mesh in M (float64)
     families: list[str]
 
@@ -76,15 +78,17 @@ def label_poses(hand: RiggedHand, poses: PoseBatch, rng: np.random.Generator, co
         posed = poses.apply(hand)
         vertices_model = to_model_frame(posed.keypoints.double(), posed.vertices.double()).numpy()
     faces = hand.faces.numpy()
-    points, labels = [], []
+    points, labels, parts = [], [], []
     for vertices in vertices_model:
         query = query_points(vertices, faces, rng, config)
         points.append(query)
         labels.append(inside_mesh(trimesh.Trimesh(vertices, faces, process=False), query))
+        parts.append(hand.vertex_parts.numpy()[cKDTree(vertices).query(query)[1]])
     return LabelledBatch(
         keypoints=posed.keypoints,
         points=torch.as_tensor(np.stack(points), dtype=torch.float32),
         occupancy=torch.as_tensor(np.stack(labels), dtype=torch.float32),
+        parts=torch.as_tensor(np.stack(parts)),
         vertices_model=list(vertices_model),
         families=poses.families,
     )

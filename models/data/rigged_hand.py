@@ -17,7 +17,7 @@ import numpy as np
 import pygltflib
 import torch
 
-from ..skeleton import MANO_TIPS, NUM_JOINTS
+from ..skeleton import BIOMECH_PARENTS, MANO_TIPS, MANO_TO_BIOMECH, NUM_JOINTS, PART_BONES
 
 _COMPONENT_DTYPES = {5120: np.int8, 5121: np.uint8, 5122: np.int16, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}
 _TYPE_SIZES = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}
@@ -51,6 +51,17 @@ def _webxr_joint_map() -> JointMap:
 
 
 WEBXR_JOINT_MAP = _webxr_joint_map()
+
+
+def _joint_parts(joint_map: JointMap, joint_names: list[str]) -> np.ndarray:
+    """-> (J,) HALO part (0 palm .. 15) of the skin segment each joint drives: the part whose bone starts there."""
+    parts = np.zeros(len(joint_names), dtype=np.int64)
+    for part, bone in enumerate(PART_BONES, start=1):
+        start, end = MANO_TO_BIOMECH[BIOMECH_PARENTS[bone + 1]], MANO_TO_BIOMECH[bone + 1]
+        parts[joint_names.index(joint_map.mano[start])] = part
+        if end in MANO_TIPS:  # the fingertip joint's skin belongs to the last segment
+            parts[joint_names.index(joint_map.mano[end])] = part
+    return parts
 
 
 @dataclass
@@ -196,6 +207,7 @@ class RiggedHand:
         weights = np.zeros((len(skinned.vertices), count))
         np.add.at(weights, (np.arange(len(weights))[:, None], skinned.skin_joints), skinned.skin_weights)
         self.weights = as_tensor(weights)
+        self.vertex_parts = torch.as_tensor(_joint_parts(joint_map, self.joint_names)[weights.argmax(1)], device=device)
         # A joint with exactly one child stretches its segment along the local direction to that child.
         self.only_child = np.full(count, -1)
         axes = np.zeros((count, 3))

@@ -40,6 +40,7 @@ class TrainConfig:
     labels: LabelConfig = field(default_factory=lambda: LabelConfig(256, 1280, (0.01, 0.003)))
     poses: PoseSamplerConfig = field(default_factory=PoseSamplerConfig)
     learning_rate: float = 1e-3
+    part_loss_weight: float = 1.0
     final_learning_rate: float = 2e-5
     time_budget_s: float = 3600.0  # the cosine runs over this much training time ...
     max_steps: int = 0  # ... or over this many steps when > 0 (whichever ends first)
@@ -55,21 +56,19 @@ def occupancy_logits(decoder: OccupancyDecoder, keypoints: torch.Tensor, points:
     return decoder(points, canonical.part_matrices, canonical.bone_lengths)
 
 
-def winner_part_logits(decoder: OccupancyDecoder, points: torch.Tensor, code: HandCode) -> torch.Tensor:
-    """(B,N,3) model-frame points, HandCode -> (B,N) max-over-parts logits, differentiable.
+def chosen_part_logits(
+    decoder: OccupancyDecoder, points: torch.Tensor, code: HandCode, parts: torch.Tensor
+) -> torch.Tensor:
+    """(B,N,3) model-frame points, HandCode, (B,N) part per point -> (B,N) that part's logit, differentiable.
 
-    Equal to ``decoder.part_logits(points, code).amax(0)`` with identical gradients, but cheaper to
-    train: the hard max sends gradient only to each point's winning part, so all 16 parts run once
-    without autograd to find the winners, and autograd then runs each part's MLP on just the points
-    it wins (disjoint groups, hence the loop over parts). First-layer weights are per hand: a one-hot
-    hand code turns them into one dense matmul per part.
+    Runs each part's MLP only on the points assigned to it (disjoint groups, hence the loop over
+    parts): 1/16 of the fused forward. First-layer weights are per hand; a one-hot hand code turns
+    them into one dense matmul per part.
     """
-    with torch.no_grad():
-        winner = decoder.part_logits(points, HandCode(code.weight.detach(), code.bias.detach())).argmax(0)
-    batch, count = winner.shape
+    batch, count = parts.shape
     slope = decoder.config.leaky_slope
-    order = torch.argsort(winner.reshape(-1))
-    sizes = torch.bincount(winner.reshape(-1), minlength=decoder.config.num_parts).tolist()
+    order = torch.argsort(parts.reshape(-1))
+    sizes = torch.bincount(parts.reshape(-1), minlength=decoder.config.num_parts).tolist()
     hands = F.one_hot(torch.arange(batch, device=points.device).repeat_interleave(count)[order], batch).to(points.dtype)
     xyz = points.reshape(-1, 3)[order]
     # Row n: [one-hot(hand) (x) xyz, one-hot(hand)] so that row @ [W (3B,H); bias (B,H)] = xyz @ W_hand + bias_hand.
@@ -87,15 +86,47 @@ def winner_part_logits(decoder: OccupancyDecoder, points: torch.Tensor, code: Ha
     return logits.reshape(batch, count)
 
 
-def training_step(decoder: OccupancyDecoder, optimizer: torch.optim.Optimizer, batch: LabelledBatch) -> float:
-    """One Adam step of BCE on max-over-parts logits (inputs from ``canonicalize``); returns the loss."""
+def winner_part_logits(decoder: OccupancyDecoder, points: torch.Tensor, code: HandCode) -> torch.Tensor:
+    """(B,N,3) model-frame points, HandCode -> (B,N) max-over-parts logits, differentiable.
+
+    Equal to ``decoder.part_logits(points, code).amax(0)`` with identical gradients, but cheaper to
+    train: the hard max sends gradient only to each point's winning part, so all parts run once
+    without autograd to find the winners and autograd runs only the winners.
+    """
+    with torch.no_grad():
+        winner = decoder.part_logits(points, HandCode(code.weight.detach(), code.bias.detach())).argmax(0)
+    return chosen_part_logits(decoder, points, code, winner)
+
+
+def training_loss(
+    decoder: OccupancyDecoder, batch: LabelledBatch, part_loss_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (BCE of the max-over-parts logits, BCE of each point's skin part alone), inputs from ``canonicalize``.
+
+    The part term (as in NASA's skinning-weight supervision) tells each part MLP which region is
+    its own, so parts specialise from the start instead of waiting to win points through the max.
+    """
     canonical = canonicalize(batch.keypoints)
     code = decoder.hand_code(canonical.part_matrices, canonical.bone_lengths)
-    loss = F.binary_cross_entropy_with_logits(winner_part_logits(decoder, batch.points, code), batch.occupancy)
+    occupancy_loss = F.binary_cross_entropy_with_logits(
+        winner_part_logits(decoder, batch.points, code), batch.occupancy
+    )
+    if part_loss_weight == 0:
+        return occupancy_loss, torch.zeros(())
+    owner = chosen_part_logits(decoder, batch.points, code, batch.parts)
+    return occupancy_loss, F.binary_cross_entropy_with_logits(owner, batch.occupancy)
+
+
+def training_step(
+    decoder: OccupancyDecoder, optimizer: torch.optim.Optimizer, batch: LabelledBatch, part_loss_weight: float = 1.0
+) -> float:
+    """One Adam step on occupancy BCE + ``part_loss_weight`` x part BCE; returns the occupancy BCE."""
+    occupancy_loss, part_loss = training_loss(decoder, batch, part_loss_weight)
+    loss = occupancy_loss + part_loss_weight * part_loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item()
+    return occupancy_loss.item()
 
 
 @torch.no_grad()
@@ -218,7 +249,7 @@ def train(
             config.poses,
             config.labels,
         )
-        state.losses.append(training_step(decoder, optimizer, batch))
+        state.losses.append(training_step(decoder, optimizer, batch, config.part_loss_weight))
         state.step += 1
         state.elapsed_s = started_elapsed + time.monotonic() - started
         if state.step % config.val_every == 0:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import pickle
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +34,13 @@ from ..data.rigged_hand import RiggedHand
 from ..geometry import chamfer_distance, inside_mesh
 from ..occupancy import card_path
 from ..skeleton import MANO_NON_TIPS
+from .preview import render_hands
 
 DEFAULT_REFERENCE_DIR = Path("../shared/halo_reference")
 IOU_POINTS = LabelConfig(uniform_points=50_000, surface_points=50_000, surface_noise=(0.01,))
 CHAMFER_SAMPLES = 30_000
 VOLUME_RANGE_CM3 = (150.0, 500.0)
+MESH_BATCH = 8
 
 
 def mesh_checks(mesh: trimesh.Trimesh, keypoints: np.ndarray) -> dict[str, float]:
@@ -77,27 +81,32 @@ def _mean(rows: list[dict], key: str) -> float:
     return float(np.nanmean([row[key] for row in rows]))
 
 
-def evaluate_synthetic(
-    base: HaloBase, hand: RiggedHand, count: int, seed: int, resolution: int, batch: int = 8
-) -> dict[str, float]:
-    """Metrics over ``count`` held-out synthetic poses (test split)."""
+def synthetic_rows(
+    base: HaloBase, hand: RiggedHand, count: int, seed: int, resolution: int, shard: tuple[int, int] = (0, 1)
+) -> list[dict[str, float]]:
+    """Per-pose metrics of the held-out poses ``shard[0]::shard[1]`` out of ``count`` (test split)."""
     poses = sample_poses(hand, count, split_rng("test", seed))
     with torch.no_grad():
         posed = poses.apply(hand)
+    indices = list(range(shard[0], count, shard[1]))
     keypoints = posed.keypoints.double().numpy()
     faces = hand.faces.numpy()
     rows = []
-    for start in range(0, count, batch):
-        meshes = base.mesh(keypoints[start : start + batch], resolution=resolution)
-        for offset, mesh in enumerate(meshes):
-            index = start + offset
+    for start in range(0, len(indices), MESH_BATCH):
+        chunk = indices[start : start + MESH_BATCH]
+        for index, mesh in zip(chunk, base.mesh(keypoints[chunk], resolution=resolution), strict=True):
             truth = trimesh.Trimesh(posed.vertices[index].double().numpy(), faces, process=False)
             row = mesh_checks(mesh, keypoints[index])
             row["iou"] = occupancy_iou(base, keypoints[index], truth, seed=index)
             row["chamfer_mm"] = surface_chamfer_mm(mesh, truth, seed=index)
             rows.append(row)
+    return rows
+
+
+def summarize_synthetic(rows: list[dict[str, float]], seed: int, resolution: int) -> dict[str, float]:
+    """Per-pose rows -> the reported synthetic metrics."""
     return {
-        "poses": count,
+        "poses": len(rows),
         "split_seed": seed,
         "resolution": resolution,
         "iou_mean": _mean(rows, "iou"),
@@ -109,14 +118,25 @@ def evaluate_synthetic(
     }
 
 
+def evaluate_synthetic(base: HaloBase, hand: RiggedHand, count: int, seed: int, resolution: int) -> dict[str, float]:
+    """Metrics over ``count`` held-out synthetic poses (test split), in this process."""
+    return summarize_synthetic(synthetic_rows(base, hand, count, seed, resolution), seed, resolution)
+
+
+def _synthetic_shard(
+    checkpoint: Path | None, asset: Path, count: int, seed: int, resolution: int, shard: tuple[int, int]
+) -> list[dict[str, float]]:
+    """Worker process: load the model and hand, evaluate one shard of the held-out poses on one thread."""
+    torch.set_num_threads(1)
+    return synthetic_rows(load_base(checkpoint), RiggedHand.from_gltf(asset), count, seed, resolution, shard)
+
+
 def evaluate_real(base: HaloBase, reference_dir: Path, resolution: int, batch: int = 10) -> dict[str, float] | None:
     """Metrics on the 170 real keypoint frames of the HALO reference folder (None when it is absent)."""
-    sequence_path, reference_path = reference_dir / "kps_seq.pkl", reference_dir / "reference.npz"
-    if not sequence_path.is_file():
+    keypoints = _real_keypoints(reference_dir)
+    if keypoints is None:
         return None
-    with open(sequence_path, "rb") as handle:
-        # A plain list of float32 arrays: no custom classes are unpickled.
-        keypoints = np.stack(pickle.load(handle)).astype(np.float64)
+    reference_path = reference_dir / "reference.npz"
     meshes: list[trimesh.Trimesh] = []
     for start in range(0, len(keypoints), batch):
         meshes.extend(base.mesh(keypoints[start : start + batch], resolution=resolution))
@@ -148,6 +168,29 @@ def evaluate_real(base: HaloBase, reference_dir: Path, resolution: int, batch: i
     return result
 
 
+def _real_keypoints(reference_dir: Path) -> np.ndarray | None:
+    """(170,21,3) float64 keypoints of ``kps_seq.pkl`` (metres, mano order), or None when absent."""
+    path = reference_dir / "kps_seq.pkl"
+    if not path.is_file():
+        return None
+    with open(path, "rb") as handle:
+        # A plain list of float32 arrays: no custom classes are unpickled.
+        return np.stack(pickle.load(handle)).astype(np.float64)
+
+
+def write_preview(base: HaloBase, hand: RiggedHand, reference_dir: Path, path: Path, resolution: int) -> None:
+    """PNG of the model's meshes for 4 held-out synthetic poses (and 4 real frames when present)."""
+    with torch.no_grad():
+        keypoints = sample_poses(hand, 4, split_rng("test", 1)).apply(hand).keypoints.double().numpy()
+    titles = [f"held-out synthetic {i}" for i in range(4)]
+    real = _real_keypoints(reference_dir)
+    if real is not None:
+        frames = [0, 50, 100, 150]
+        keypoints = np.concatenate([keypoints, real[frames]])
+        titles += [f"kps_seq frame {frame}" for frame in frames]
+    render_hands(base.mesh(keypoints, resolution=resolution), keypoints, titles, path)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``halo eval base``."""
     parser.add_argument("--checkpoint", type=Path, default=None, help="base checkpoint (default: the shipped one)")
@@ -161,15 +204,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the hand asset is downloaded")
     parser.add_argument("--write-card", action="store_true", help="store the metrics in the checkpoint's model card")
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this file")
+    parser.add_argument("--preview", type=Path, default=None, help="also render a PNG of a few meshes")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of the main process (0: default)")
+    parser.add_argument("--workers", type=int, default=2, help="processes (one thread each) for the synthetic poses")
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``halo eval base``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     base = load_base(args.checkpoint)
-    hand = RiggedHand.from_gltf(args.hand_asset or fetch_hand_asset(args.cache_dir))
+    asset = args.hand_asset or fetch_hand_asset(args.cache_dir)
+    hand = RiggedHand.from_gltf(asset)
+    if args.preview is not None:
+        write_preview(base, hand, args.reference_dir, args.preview, args.resolution)
     started = time.perf_counter()
-    metrics: dict = {"synthetic": evaluate_synthetic(base, hand, args.poses, args.seed, args.resolution)}
-    real = evaluate_real(base, args.reference_dir, args.resolution)
+    # Worker processes take the synthetic poses in shards while this one meshes the real frames.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=spawn) as pool:
+        shards = [
+            pool.submit(
+                _synthetic_shard, args.checkpoint, asset, args.poses, args.seed, args.resolution, (k, args.workers)
+            )
+            for k in range(args.workers)
+        ]
+        real = evaluate_real(base, args.reference_dir, args.resolution)
+        rows = [row for shard in shards for row in shard.result()]
+    metrics: dict = {"synthetic": summarize_synthetic(rows, args.seed, args.resolution)}
     if real is not None:
         metrics["real_kps_seq"] = real
     metrics["eval_command"] = f"halo eval base --poses {args.poses} --seed {args.seed} --resolution {args.resolution}"
