@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -340,14 +339,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_arguments(parser)
     parser.set_defaults(func=run)
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m models.train.base``: same options as ``halo train base``."""
-    parser = argparse.ArgumentParser(prog="halo train base", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,6 @@ import argparse
 import json
 import multiprocessing
 import pickle
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -253,14 +252,3 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_arguments(parser)
     parser.set_defaults(func=run)
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m models.train.eval_base``: same options as ``halo eval base``."""
-    parser = argparse.ArgumentParser(prog="halo eval base", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
