@@ -56,8 +56,6 @@ def parse_hand(keypoints: Any, joint_order: str = "mano", hand: str = "right", f
     except (TypeError, ValueError) as error:
         raise InputError(f"{field}keypoints: not a 21 x 3 array of numbers") from error
     if array.shape != (21, 3):
-        array = array.reshape(21, 3) if array.size == 63 and array.ndim == 1 else array
-    if array.shape != (21, 3):
         raise InputError(f"{field}keypoints: expected 21 x 3 values, got shape {list(array.shape)}")
     try:
         order = skeleton.resolve_joint_order(joint_order)
@@ -119,9 +117,8 @@ class Engine:
 
     def _record_model(self, role: str, model: Any) -> None:
         card = getattr(model, "card", {}) or {}
-        self.metrics.model_info.labels(role, str(card.get("name", role)), str(card.get("sha256", "")), self.device).set(
-            1
-        )
+        labels = (role, str(card.get("name", role)), str(card.get("sha256", "")), self.device)
+        self.metrics.model_info.labels(*labels).set(1)
         log.info("model loaded", extra={"model": role, "name": card.get("name"), "device": self.device})
 
     def _warm_up(self) -> None:
