@@ -2,7 +2,7 @@
 
 This reproduces the published extractor (``halo_reference/README.md``, "Mesh extraction") on dense
 arrays instead of an octree: a leaf voxel is split when the known grid points on its closed cube hold
-values on both sides of 0.5, which for every level is a max-pool of the "known and inside" and
+values on both sides of 0.5, which for every level is an "any" over the "known and inside" and
 "known and outside" point masks. Each refinement round evaluates the new points of all hands in one
 decoder call. Two exact shortcuts keep it fast:
 
@@ -142,18 +142,6 @@ def _upsample(voxels: torch.Tensor) -> torch.Tensor:
     return voxels.repeat_interleave(2, 1).repeat_interleave(2, 2).repeat_interleave(2, 3)
 
 
-def _cell_corners(cells: torch.Tensor) -> torch.Tensor:
-    """(B,x,y,z) bool cells -> (B,x+1,y+1,z+1) bool: the corners of the marked cells."""
-    for dim in (1, 2, 3):
-        shape = list(cells.shape)
-        shape[dim] += 1
-        corners = cells.new_zeros(shape)
-        corners.narrow(dim, 0, cells.shape[dim]).copy_(cells)
-        corners.narrow(dim, 1, cells.shape[dim]).logical_or_(cells)
-        cells = corners
-    return cells
-
-
 def mise(
     decoder: OccupancyDecoder,
     code: HandCode,
@@ -171,50 +159,59 @@ def mise(
     shape = (batch, *(cells + 1 for cells in crops.cells))
     values = torch.zeros(shape, device=device)
     known = torch.zeros(shape, dtype=torch.bool, device=device)
-    requested = torch.zeros(shape, dtype=torch.bool, device=device)
-    requested[:, ::step, ::step, ::step] = True
+    inside, outside = torch.zeros_like(known), torch.zeros_like(known)
     # split[level]: which voxels of that level (side step >> level fine cells) have been subdivided
     split = [
         torch.zeros(batch, *(cells // (step >> level) for cells in crops.cells), dtype=torch.bool, device=device)
         for level in range(depth)
     ]
-    while True:
-        new = requested & ~known
-        index = new.nonzero()
-        if len(index) == 0:
-            break
-        hand = index[:, 0]
+    coarse_lattice = torch.zeros(shape, dtype=torch.bool, device=device)
+    coarse_lattice[:, ::step, ::step, ::step] = True
+    index = coarse_lattice.nonzero()  # (T,4): hand, then grid index in the crop
+    # Only the coarse pass is culled: refinement points surround a sign change, so lie near the surface.
+    cull = cull_radius
+    while len(index):
         started = time.perf_counter()
+        hand, where = index[:, 0], tuple(index.T)
         points = crops.model_points(index[:, 1:], hand, resolution)
-        # Only the coarse pass is culled: refinement points surround a sign change, so lie near the surface.
-        coarse_pass = not known.any()
-        cull = cull_radius if coarse_pass else None
-        values[new], evaluated = _evaluate(decoder, code, joints_model, points, hand, cull)
+        new_values, evaluated = _evaluate(decoder, code, joints_model, points, hand, cull)
         stats.occupancy_s += time.perf_counter() - started
         stats.points_evaluated += evaluated
         stats.refinement_rounds.append(evaluated)
-        known |= new
-        requested = _refine(values, known, split, step)
+        values[where], known[where] = new_values, True
+        inside[where], outside[where] = new_values >= THRESHOLD, new_values <= THRESHOLD
+        index = _refine(inside, outside, known, split, step)
+        cull = None
     return values, known, crops.origin
 
 
-def _refine(values: torch.Tensor, known: torch.Tensor, split: list[torch.Tensor], step: int) -> torch.Tensor:
-    """Split every leaf voxel whose closed cube holds known values on both sides of 0.5 -> mask of the points it needs."""
-    requested = torch.zeros_like(known)
+def _refine(
+    inside: torch.Tensor, outside: torch.Tensor, known: torch.Tensor, split: list[torch.Tensor], step: int
+) -> torch.Tensor:
+    """Split every leaf voxel whose closed cube holds known points on both sides of 0.5 -> (M,4) new points to evaluate."""
     depth = len(split)
     # "any inside / any outside on the closed cube": finest splittable level first, then unions of children.
-    inside = _closed_cube_any(known & (values >= THRESHOLD))
-    outside = _closed_cube_any(known & (values <= THRESHOLD))
+    inside, outside = _closed_cube_any(inside), _closed_cube_any(outside)
+    requested = []
     for level in reversed(range(depth)):
         if level < depth - 1:
             inside, outside = _children_any(inside), _children_any(outside)
         leaf = ~split[level] if level == 0 else _upsample(split[level - 1]) & ~split[level]
-        new_split = leaf & inside & outside
-        if new_split.any():
-            split[level] |= new_split
-            spacing = (step >> level) // 2  # the new points lie on the lattice of half the voxel side
-            requested[:, ::spacing, ::spacing, ::spacing] |= _cell_corners(_upsample(new_split))
-    return requested
+        voxels = (leaf & inside & outside).nonzero()  # (n,4): hand, voxel index at this level
+        if len(voxels):
+            split[level][tuple(voxels.T)] = True
+            side = step >> level
+            offsets = torch.cartesian_prod(*[torch.tensor([0, side // 2, side], device=known.device)] * 3)
+            corners = voxels[:, None, 1:] * side + offsets  # (n,27,3): the split voxels' new lattice points
+            hands = voxels[:, None, :1].expand(-1, 27, 1)
+            requested.append(torch.cat([hands, corners], dim=-1).reshape(-1, 4))
+    if not requested:
+        return known.new_zeros(0, 4, dtype=torch.long)
+    points = torch.cat(requested)
+    strides = torch.tensor(known.stride(), device=known.device)
+    keys = torch.unique(points @ strides)
+    keys = keys[~known.view(-1)[keys]]
+    return torch.stack(torch.unravel_index(keys, known.shape), dim=-1)
 
 
 def densify(values: np.ndarray, known: np.ndarray) -> np.ndarray:
