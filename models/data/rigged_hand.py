@@ -190,6 +190,8 @@ class RiggedHand:
     """A skinned hand posed by linear blend skinning; all tensors float32 on ``device``."""
 
     def __init__(self, skinned: SkinnedMesh, joint_map: JointMap = WEBXR_JOINT_MAP, device: str = "cpu") -> None:
+        if len(joint_map.mano) != NUM_JOINTS:
+            raise ValueError(f"joint_map: expected {NUM_JOINTS} keypoint joints, got {len(joint_map.mano)}")
         as_tensor = lambda a, dtype=torch.float32: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
         self.skinned = skinned
         self.joint_names = list(skinned.joint_names)
@@ -219,9 +221,8 @@ class RiggedHand:
                 axes[joint] = offset / np.linalg.norm(offset)
         self.bone_axes = as_tensor(axes)
         self.mano_index = torch.as_tensor([self.joint_names.index(n) for n in joint_map.mano], device=device)
-        tips = self.mano_index[MANO_TIPS]
-        self.tip_index = tips
-        self.tip_parent_index = torch.as_tensor([self.parents[int(t)] for t in tips], device=device)
+        self.tip_index = self.mano_index[MANO_TIPS]
+        self.tip_parent_index = torch.as_tensor([self.parents[int(t)] for t in self.tip_index], device=device)
         self.root = self.parents.index(-1)
         self.rest_bone_lengths = as_tensor(np.linalg.norm(local[:, :3, 3], axis=1) * (skinned.parents >= 0))
         # Phalanx bones of each finger: the bones ending at its last three keypoints (tip included).
@@ -230,9 +231,9 @@ class RiggedHand:
             for number, finger in enumerate(("thumb", "index", "middle", "ring", "pinky"))
         }
         self.num_joints = count
-        assert len(joint_map.mano) == NUM_JOINTS
 
     def _depth(self, joint: int) -> int:
+        """Number of ancestors of ``joint``."""
         depth = 0
         while self.parents[joint] >= 0:
             joint, depth = self.parents[joint], depth + 1
