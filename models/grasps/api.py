@@ -48,14 +48,16 @@ class HaloVAE:
 
     def sample_keypoints(self, object_mesh: trimesh.Trimesh, n: int, seed: int = 0, refine_steps: bool = True,
                          refine_config: hand_object.RefineConfig | None = None) -> np.ndarray:
-        """Validated object mesh (metres) -> (n,21,3) mano keypoints in its frame (optionally refined)."""
+        """Validated object mesh (metres) -> (n,21,3) mano keypoints in its frame (trained bone lengths, optionally refined)."""
         points = object_points(object_mesh, self.basis, seed=seed)
         as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
         generator = torch.Generator().manual_seed(seed)
         latent = torch.randn(n, self.model.config.latent, generator=generator).to(self.device)
         with torch.no_grad():
             code = self.model.object_code(as_tensor(points.bps)[None]).expand(n, -1)
-            keypoints = self.model.decode(latent, code)
+            decoded = self.model.decode(latent, code)
+            lengths = self.model.bone_lengths.expand(n, -1)
+            keypoints = hand_object.from_bones(decoded[:, 0], hand_object.bone_vectors(decoded), lengths)
         if refine_steps:
             interior = as_tensor(points.interior)[None].expand(n, -1, -1)
             surface = as_tensor(points.surface)[None].expand(n, -1, -1)

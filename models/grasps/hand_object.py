@@ -3,8 +3,8 @@
 For B hands (keypoints) and their objects' point sets, all in the object frame (metres):
 
 * penetration = mean HALO occupancy of points inside the object (0 when the hand stays outside),
-* contact     = max(0, -best HALO logit over the object's surface points): 0 once the hand surface
-                reaches the object,
+* contact     = max(0, 2 - best HALO logit over the object's surface points): 0 once the hand
+                surface encloses some of the object's surface,
 * fingertips  = mean distance of the thumb, index and middle fingertip keypoints (which lie on the
                 skin) to the object's surface samples.
 
@@ -24,6 +24,9 @@ from ..occupancy import OccupancyDecoder
 
 # mano fingertips of the thumb, index and middle finger: the grasp data has them on the surface.
 CONTACT_TIPS = (4, 8, 12)
+# Contact asks for a surface point clearly inside the hand (occupancy sigmoid(2) = 0.88), not just at
+# its boundary: the measured contact (hand within 2 mm) then survives the push-out of penetration.
+CONTACT_LOGIT = 2.0
 # mano parent of each joint (the wrist has none).
 MANO_PARENTS = (-1, 0, 1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0, 17, 18, 19)
 
@@ -50,7 +53,7 @@ def hand_object_terms(decoder: OccupancyDecoder, keypoints: torch.Tensor, interi
     inner, outer = logits[:, : interior.shape[1]], logits[:, interior.shape[1]:]
     tips = keypoints[:, list(CONTACT_TIPS)]
     tip_distance = torch.cdist(tips, surface).amin(2).mean(1)
-    return HandObjectTerms(torch.sigmoid(inner).mean(1), torch.relu(-outer.amax(1)), tip_distance)
+    return HandObjectTerms(torch.sigmoid(inner).mean(1), torch.relu(CONTACT_LOGIT - outer.amax(1)), tip_distance)
 
 
 def bone_vectors(keypoints: torch.Tensor) -> torch.Tensor:
@@ -70,11 +73,11 @@ def from_bones(wrist: torch.Tensor, directions: torch.Tensor, lengths: torch.Ten
 
 @dataclass
 class RefineConfig:
-    steps: int = 12
-    learning_rate: float = 1.5e-3
+    steps: int = 25
+    learning_rate: float = 1e-3
     points: int = 96  # interior and surface points each
     w_penetration: float = 20.0
-    w_contact: float = 0.05
+    w_contact: float = 1.0
     w_fingertips: float = 30.0  # per metre
     w_stay: float = 1e3  # per squared metre of mean keypoint displacement
 

@@ -56,6 +56,9 @@ class GraspVAE(nn.Module):
         self.object_encoder = nn.Sequential(_mlp([config.bps_points, config.hidden, config.object_code]), nn.ReLU())
         self.encoder = _mlp([keypoint_size + config.object_code, config.hidden, config.hidden, 2 * config.latent])
         self.decoder = _mlp([config.latent + config.object_code, config.hidden, config.hidden, keypoint_size])
+        # Mean bone lengths of the training hands (mano bones 1..20, metres): sampled skeletons are
+        # rebuilt with them, so a sample is always a hand of the trained size.
+        self.register_buffer("bone_lengths", torch.full((NUM_JOINTS - 1,), 0.03))
 
     def object_code(self, bps: torch.Tensor) -> torch.Tensor:
         """(B,K) BPS distances, metres -> (B,C) object code."""

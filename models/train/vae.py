@@ -186,6 +186,7 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
     basis = bps_basis(vae_config.bps_points, vae_config.bps_radius_m, vae_config.bps_seed)
     train, val = data.subset("train"), data.subset("val")
     train = augment_rotations(train, config.rotations, basis, config.seed)
+    model.bone_lengths.copy_(bone_vectors(train.keypoints).norm(dim=-1).mean(0))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     base = load_base(base_path) if base_path is not None else None
     decoder = base.decoder.requires_grad_(False) if base is not None else None
