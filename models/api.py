@@ -60,6 +60,7 @@ class HaloBase:
         # Canonicalise in float64 (cheap, per hand): float32 arccos near the clip limits costs parity.
         return canonicalize(torch.from_numpy(mano).to(self.device)), is_left
 
+    @torch.inference_mode()
     def mesh_with_stats(
         self,
         keypoints: np.ndarray | torch.Tensor,

@@ -57,13 +57,22 @@ def grid_to_model(index: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 def bone_distances(points: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
-    """(...,3) points, (...,21,3) biomech joints (same frame) -> (...,20) distance to each bone segment."""
+    """(B,N,3) points, (B,21,3) biomech joints (same frame) -> (B,N,20) distance to each bone segment."""
     parents = torch.as_tensor(BIOMECH_PARENTS[1:], device=joints.device)
-    start, end = joints[..., parents, :], joints[..., 1:, :]
-    direction = end - start
-    offset = points.unsqueeze(-2) - start
-    along = ((offset * direction).sum(-1) / (direction * direction).sum(-1).clamp_min(1e-12)).clamp(0.0, 1.0)
-    return (offset - along.unsqueeze(-1) * direction).norm(dim=-1)
+    start, direction = joints[:, parents], joints[:, 1:] - joints[:, parents]  # (B,20,3)
+    # Expanded |p - a - t d|^2 with two batched matmuls instead of (B,N,20,3) temporaries.
+    along_point = points @ direction.transpose(1, 2)  # p.d, (B,N,20)
+    start_point = points @ start.transpose(1, 2)  # p.a
+    along_start = (start * direction).sum(-1).unsqueeze(1)  # a.d, (B,1,20)
+    length2 = (direction * direction).sum(-1).clamp_min(1e-12).unsqueeze(1)
+    along = ((along_point - along_start) / length2).clamp(0.0, 1.0)
+    squared = (
+        (points * points).sum(-1, keepdim=True)
+        - 2 * start_point
+        + (start * start).sum(-1).unsqueeze(1)
+        - along * (2 * (along_point - along_start) - along * length2)
+    )
+    return squared.clamp_min(0.0).sqrt()
 
 
 def part_distances(bones: torch.Tensor) -> torch.Tensor:
@@ -107,7 +116,11 @@ def _evaluate(
     cull_radius: float | None,
 ) -> tuple[torch.Tensor, int]:
     """(T,3) model-frame points of hands ``hand`` (T,) -> ((T,) occupancy, points evaluated); culled points get 0."""
-    bones = bone_distances(points, joints_model[hand])  # (T,20)
+    counts = torch.bincount(hand, minlength=len(joints_model))
+    slot = torch.arange(len(hand), device=hand.device) - (counts.cumsum(0) - counts)[hand]
+    padded = points.new_zeros(len(joints_model), int(counts.max()), 3)  # (B,N,3), hands' points side by side
+    padded[hand, slot] = points
+    bones = bone_distances(padded, joints_model)[hand, slot]  # (T,20)
     values = torch.zeros(len(points), device=points.device)
     near = torch.ones_like(values, dtype=torch.bool)
     if cull_radius is not None:
@@ -153,7 +166,9 @@ def mise(
     """HandCode for B hands, (B,21,3) biomech joints, model frame -> (B,X+1,Y+1,Z+1) crop values, known mask, (B,3) origins."""
     coarse, depth = MISE_LEVELS[resolution]
     step = resolution // coarse  # fine cells per coarse voxel
-    margin = BOX_SIZE / coarse + (cull_radius * MODEL_SCALE if cull_radius is not None else BOX_SIZE)
+    # Culled points are outside, so nothing beyond the cull radius needs a grid (the crop snaps outwards to
+    # the coarse lattice, which keeps at least one layer of outside points around the hand).
+    margin = cull_radius * MODEL_SCALE if cull_radius is not None else BOX_SIZE
     crops = _Crops(joints_model, resolution, step, margin)
     batch, device = joints_model.shape[0], joints_model.device
     shape = (batch, *(cells + 1 for cells in crops.cells))

@@ -135,7 +135,7 @@ class OccupancyDecoder(nn.Module):
         code: HandCode,
         parts_per_point: int = 6,
         block: int = 512,
-        chunk_blocks: int = 8,
+        chunk_blocks: int = 32,
     ) -> torch.Tensor:
         """(T,3) model-frame points of hands ``hand`` (T,), (T,P) distance to each part -> (T,) probabilities.
 

@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_mesh.add_argument("--resolutions", default="128,512")
     bench_mesh.add_argument("--batches", default="1,8,32")
     bench_mesh.add_argument("--repeats", type=int, default=5)
+    bench_mesh.add_argument(
+        "--threads", type=int, default=2, help="torch threads for both the meshes and the calibration workload"
+    )
     bench_mesh.add_argument("--json", help="also write the results to this JSON file")
     bench_mesh.set_defaults(func=_bench_mesh)
 

@@ -90,9 +90,8 @@ def test_nearest_parts_evaluation_equals_all_parts_where_it_matters(reference, p
     points = torch.from_numpy(reference["query_points"])
     full = decoder.occupancy(points, code)
     hands = torch.arange(len(points)).repeat_interleave(points.shape[1])
-    flat = points.reshape(-1, 3)
-    joints = canonical.joints.float()[hands] * MODEL_SCALE
-    nearest = decoder.nearest_parts_occupancy(flat, hands, part_distances(bone_distances(flat, joints)), code)
+    distances = part_distances(bone_distances(points, canonical.joints.float() * MODEL_SCALE))
+    nearest = decoder.nearest_parts_occupancy(points.reshape(-1, 3), hands, distances.reshape(-1, 16), code)
     nearest = nearest.reshape(full.shape)
     relevant = full > 0.01
     assert torch.equal(nearest[relevant], full[relevant])
