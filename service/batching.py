@@ -1,11 +1,12 @@
-"""Dynamic batcher: one bounded queue, one compute thread, batches formed by key.
+"""Dynamic batcher: one bounded queue, a few compute threads, batches formed by key.
 
 Requests put work items on the queue (all of a request's items or none: a full queue refuses the
-whole request). A single scheduler task takes the oldest live item, waits up to ``max_delay_s`` for
-more items with the same key (for meshes: the resolution) until ``max_batch_size``, and runs the
-batch's function in the compute thread, so the event loop never does model work. Items whose
-caller went away (future cancelled) or whose deadline passed are dropped before compute. If a batch
-raises, its items are retried one by one so a single failure never fails its batch-mates.
+whole request). When a compute worker is free, a single scheduler task takes the oldest live item,
+waits up to ``max_delay_s`` for more items with the same key (for meshes: the resolution) until
+``max_batch_size``, and runs the batch's function in a compute thread, so the event loop never does
+model work. With several workers, batches run side by side. Items whose caller went away (future
+cancelled) or whose deadline passed are dropped before compute. If a batch raises, its items are
+retried one by one so a single failure never fails its batch-mates.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class _Item:
 class Batcher:
     """Groups queued work items by key into batches run one at a time off the event loop."""
 
-    def __init__(self, metrics: Metrics, *, max_batch_size: int, max_delay_s: float, max_queue_size: int):
+    def __init__(
+        self, metrics: Metrics, *, max_batch_size: int, max_delay_s: float, max_queue_size: int, workers: int = 1
+    ):
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -53,7 +56,9 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="halo-compute")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="halo-compute")
+        self._free_workers = asyncio.Semaphore(workers)
+        self._computing: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -97,11 +102,12 @@ class Batcher:
             await asyncio.sleep(0.01)
 
     async def close(self) -> None:
-        """Stop the scheduler, fail anything still queued, and release the compute thread."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop the scheduler, fail anything still queued, and release the compute threads."""
+        for task in [self._task, *self._computing]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for item in self._queue:
             if not item.future.done():
                 item.future.set_exception(RuntimeError("server stopped"))
@@ -135,8 +141,10 @@ class Batcher:
     async def _schedule(self) -> None:
         while True:
             await self._arrived.wait()
+            await self._free_workers.acquire()  # form the batch only when a worker can take it
             self._prune()
             if not self._queue:
+                self._free_workers.release()
                 continue
             first = self._queue[0]
             fill_until = first.enqueued + self.max_delay_s
@@ -147,6 +155,7 @@ class Batcher:
             self._prune()
             batch = self._same_key(first.key)
             if not batch:
+                self._free_workers.release()
                 continue
             taken = set(map(id, batch))
             self._queue = [item for item in self._queue if id(item) not in taken]
@@ -154,10 +163,15 @@ class Batcher:
             self._changed()
             if self._queue:
                 self._arrived.set()
-            try:
-                await self._compute(batch)
-            finally:
-                self._idle.set()
+            task = asyncio.get_running_loop().create_task(self._compute(batch))
+            self._computing.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task) -> None:
+        self._computing.discard(task)
+        self._free_workers.release()
+        if not self._computing:
+            self._idle.set()
 
     async def _compute(self, batch: list[_Item]) -> None:
         started = time.monotonic()

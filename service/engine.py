@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import trimesh
 
 import models
@@ -77,6 +78,7 @@ class Engine:
             max_batch_size=settings.max_batch_size,
             max_delay_s=settings.max_queue_delay_ms / 1000.0,
             max_queue_size=settings.max_queue_size,
+            workers=settings.compute_workers,
         )
         self.device = str(models.resolve_device(settings.device))
         self.base: Any = None
@@ -87,6 +89,9 @@ class Engine:
 
     async def start(self) -> None:
         """Load the models (in the compute thread), warm up, start batching; ready if the base model loaded."""
+        if self.settings.torch_threads:
+            # Process-wide; on a busy CPU, OpenMP threads waiting for each other cost far more than they gain.
+            torch.set_num_threads(self.settings.torch_threads)
         self.batcher.start()
         await self.batcher.run_blocking(self._load_models)
         if self.base is None:

@@ -145,3 +145,27 @@ def test_drain_waits_for_queued_and_running_work():
         return was_done_early, all_done
 
     assert asyncio.run(scenario()) == (False, True)
+
+
+def test_several_workers_compute_batches_side_by_side():
+    async def scenario():
+        metrics = Metrics()
+        running, both_running = [], threading.Event()
+        lock = threading.Lock()
+
+        def run(payloads):
+            with lock:
+                running.append(payloads[0])
+                if len(running) == 2:
+                    both_running.set()
+            both_running.wait(10)
+            return list(payloads)
+
+        batcher = make_batcher(metrics, max_batch_size=1, workers=2)
+        results = await asyncio.gather(batcher.submit(["a"], "k", run, far()), batcher.submit(["b"], "k", run, far()))
+        await batcher.close()
+        return results, both_running.is_set()
+
+    results, overlapped = asyncio.run(scenario())
+    assert results == [["a"], ["b"]]
+    assert overlapped
