@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` (the main job) and `make test` (the whole suite).
 VENV := .venv/bin
 
-.PHONY: setup setup-dev run test lint bench proto
+.PHONY: setup setup-dev run mesh-sample test lint bench
 
 setup:
 	scripts/setup.sh
@@ -10,6 +10,9 @@ setup-dev:
 	scripts/setup.sh --dev
 
 run: setup
+	$(VENV)/halo serve
+
+mesh-sample: setup
 	$(VENV)/halo mesh --keypoints models/assets/sample_keypoints.json -o out/hand.ply
 
 test: setup-dev
