@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import httpx
 import numpy as np
+import orjson
 import trimesh
 
 from service.codecs import mesh_to_packed
@@ -104,7 +105,7 @@ class RestClient(_Closing):
     ) -> trimesh.Trimesh:
         """(21,3) keypoints, metres -> the hand mesh (keypoint frame, metres)."""
         body = {**_hand_json(keypoints, joint_order, hand), "resolution": resolution}
-        return _mesh_from_json(self._post("/mesh", json=body).json())
+        return _mesh_from_json(orjson.loads(self._post("/mesh", json=body).content))
 
     def meshes(
         self,
@@ -119,7 +120,7 @@ class RestClient(_Closing):
             "hands": [_hand_json(k, joint_order, h) for k, h in zip(keypoints, hands, strict=True)],
             "resolution": resolution,
         }
-        return [_mesh_from_json(m) for m in self._post("/mesh", json=body).json()["meshes"]]
+        return [_mesh_from_json(m) for m in orjson.loads(self._post("/mesh", json=body).content)["meshes"]]
 
     def mesh_file(self, keypoints: Any, fmt: str = "ply", resolution: int | None = None, **hand: str) -> bytes:
         """The mesh as a PLY / OBJ / GLB file's bytes."""
@@ -137,7 +138,7 @@ class RestClient(_Closing):
             **_hand_json(keypoints, joint_order, hand),
             "points": np.asarray(points, dtype=np.float64).tolist(),
         }
-        return np.asarray(self._post("/occupancy", json=body).json()["probabilities"])
+        return np.asarray(orjson.loads(self._post("/occupancy", json=body).content)["probabilities"])
 
     def grasps(
         self,
@@ -165,7 +166,7 @@ class RestClient(_Closing):
             response = self._post("/grasps", json=body)
         return [
             GraspResult(np.asarray(g["keypoints"]), _mesh_from_json(g["mesh"]), g["metrics"])
-            for g in response.json()["grasps"]
+            for g in orjson.loads(response.content)["grasps"]
         ]
 
     def models(self) -> dict:

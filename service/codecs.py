@@ -10,6 +10,7 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
+import orjson
 import trimesh
 
 MEDIA_TYPES = {
@@ -45,16 +46,21 @@ def negotiate_format(requested: str | None, accept: str | None) -> str:
 
 
 # JSON vertices are rounded to 0.1 micrometre: far below the marching-cubes grid step (millimetres),
-# and a third shorter to print and parse than full float64 digits.
+# and a third shorter to send and parse than full float64 digits.
 JSON_DECIMALS = 7
 
 
-def mesh_to_dict(mesh: trimesh.Trimesh) -> dict:
-    """A mesh as JSON-ready lists: vertices (N,3) metres (rounded to 0.1 um), faces (M,3) indices."""
+def mesh_to_dict(mesh: trimesh.Trimesh) -> dict[str, np.ndarray]:
+    """A mesh as arrays for ``json_bytes``: vertices (N,3) metres (rounded to 0.1 um), faces (M,3) indices."""
     return {
-        "vertices": np.round(np.asarray(mesh.vertices, dtype=np.float64), JSON_DECIMALS).tolist(),
-        "faces": np.asarray(mesh.faces, dtype=np.int64).tolist(),
+        "vertices": np.round(np.asarray(mesh.vertices, dtype=np.float64), JSON_DECIMALS),
+        "faces": np.ascontiguousarray(mesh.faces, dtype=np.int64),
     }
+
+
+def json_bytes(payload: object) -> bytes:
+    """Compact JSON; numpy arrays are written natively (an order of magnitude faster than ``json``)."""
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def meshes_to_file(meshes: Sequence[trimesh.Trimesh], fmt: str) -> bytes:

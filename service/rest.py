@@ -7,7 +7,6 @@ Routes stay thin: parse, hand to the engine, encode. Errors map to statuses in o
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
@@ -30,6 +29,7 @@ from service.codecs import (
     PayloadTooLargeError,
     arrays_to_mesh,
     decode_upload,
+    json_bytes,
     mesh_to_dict,
     meshes_to_file,
     negotiate_format,
@@ -220,7 +220,7 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 def json_bytes_response(payload: Any) -> Response:
     """A compact JSON response (routes return it directly, bypassing response-model re-validation)."""
-    return Response(json.dumps(payload, separators=(",", ":")).encode(), media_type="application/json")
+    return Response(json_bytes(payload), media_type="application/json")
 
 
 def mesh_response(engine: Engine, meshes: list, resolution: int, fmt: str, single: bool) -> Response:
@@ -236,7 +236,7 @@ def mesh_response(engine: Engine, meshes: list, resolution: int, fmt: str, singl
 def grasp_payload(grasp: Any) -> dict:
     """A sampled grasp (keypoints (21,3) m, mesh, metrics dict) as JSON-ready data."""
     return {
-        "keypoints": np.asarray(grasp.keypoints, dtype=np.float64).tolist(),
+        "keypoints": np.ascontiguousarray(grasp.keypoints, dtype=np.float64),
         "mesh": mesh_to_dict(grasp.mesh),
         "metrics": numeric_metrics(grasp.metrics),
     }
@@ -306,7 +306,7 @@ def create_app(engine: Engine) -> FastAPI:
         hand = parse_hand(body.keypoints, body.joint_order, body.hand)
         probs = await until_disconnected(request, engine.occupancy(hand, np.asarray(body.points), engine.deadline()))
         with engine.metrics.time_stage("encode"):
-            return json_bytes_response({"probabilities": probs.tolist()})
+            return json_bytes_response({"probabilities": probs})
 
     @app.post(
         "/grasps",
