@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from service_helpers import GatedBase, hand, wait_until
 
 import models
-from service.client import GrpcClient, HaloError
+from service.client import GrpcClient
 from service.codecs import mesh_to_packed
 from service.proto_gen.halo.v1 import halo_pb2, halo_pb2_grpc
 
@@ -64,16 +64,6 @@ def test_health_and_reflection(live_server):
         request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="halo.v1.HaloService")
         (answer,) = list(reflection.ServerReflectionInfo(iter([request]), timeout=10))
         assert answer.file_descriptor_response.file_descriptor_proto
-
-
-def test_grasps_unavailable_without_a_grasp_model(live_server):
-    if live_server.engine.vae is not None:
-        pytest.skip("a grasp model is loaded in this build")
-    box = trimesh.creation.box(extents=(0.05, 0.05, 0.05))
-    with GrpcClient(live_server.grpc_target) as client, pytest.raises(HaloError) as refused:
-        client.grasps(box, num_samples=1)
-    assert refused.value.status == "UNAVAILABLE"
-    assert refused.value.detail.startswith("grasp model not available")
 
 
 def _bad_requests(kps: np.ndarray) -> dict:
@@ -131,7 +121,7 @@ def test_bearer_token_is_required_when_configured(server_factory, reference_keyp
 
 
 def test_cancelled_calls_and_expired_deadlines_do_no_work(server_factory, reference_keypoints):
-    server = server_factory(warmup=False, request_timeout_s=1.0, max_batch_size=1)
+    server = server_factory(warmup=False, request_timeout_s=1.0, max_batch_size=1, compute_workers=1)
     gated = GatedBase(server.engine.base)
     server.engine.base = gated
     request = halo_pb2.GenerateMeshRequest(hands=[hand(reference_keypoints[0])], resolution=64)

@@ -13,7 +13,7 @@ import trimesh
 from service_helpers import GatedBase, wait_until
 
 import models
-from service.client import HaloError, RestClient
+from service.client import GrpcClient, HaloError, RestClient
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +93,19 @@ def test_health_ready_models_and_metrics(live_server):
     assert 'halo_model_info{device="cpu",model="base"' in text
 
 
-def test_grasps_answer_503_with_the_reason_when_no_grasp_model_is_loaded(live_server):
-    if live_server.engine.vae is not None:
-        pytest.skip("a grasp model is loaded in this build")
+def test_without_a_grasp_model_grasps_answer_503_and_unavailable_with_the_reason(server_factory, tmp_path):
+    server = server_factory(vae_checkpoint=tmp_path / "no_vae.safetensors", warmup=False)
     obj = trimesh.creation.box(extents=(0.05, 0.05, 0.05))
     body = {"object": {"vertices": obj.vertices.tolist(), "faces": obj.faces.tolist()}, "num_samples": 2}
-    response = httpx.post(f"{live_server.http_url}/grasps", json=body, timeout=30)
+    response = httpx.post(f"{server.http_url}/grasps", json=body, timeout=30)
     assert response.status_code == 503
     assert response.json()["detail"].startswith("grasp model not available")
-    assert httpx.get(f"{live_server.http_url}/models").json()["models"]["vae"]["available"] is False
+    assert httpx.get(f"{server.http_url}/models").json()["models"]["vae"]["available"] is False
+    with GrpcClient(server.grpc_target) as client, pytest.raises(HaloError) as refused:
+        client.grasps(obj, num_samples=1)
+    assert refused.value.status == "UNAVAILABLE"
+    assert refused.value.detail.startswith("grasp model not available")
+    assert httpx.get(f"{server.http_url}/readyz").status_code == 200  # meshes are still served
 
 
 def _kps(reference_keypoints, change=None):
@@ -198,7 +202,7 @@ def test_errors_carry_the_request_id_and_no_stack_trace(live_server):
 
 
 def test_a_client_that_disconnects_while_queued_causes_no_work(server_factory, reference_keypoints):
-    server = server_factory(warmup=False, max_batch_size=1)
+    server = server_factory(warmup=False, max_batch_size=1, compute_workers=1)
     gated = GatedBase(server.engine.base)
     server.engine.base = gated
     body = hand_body(reference_keypoints[0], resolution=64)
