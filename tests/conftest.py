@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "halo_reference"
@@ -43,6 +44,7 @@ class RunningServer:
     server: object
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
+    torch_threads: int  # the process's PyTorch thread count before the server set its own
 
     @property
     def http_url(self) -> str:
@@ -68,6 +70,7 @@ class RunningServer:
         self.call(self.server.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
+        torch.set_num_threads(self.torch_threads)  # the server's setting is process-wide: give it back
 
 
 def start_server(**overrides) -> RunningServer:
@@ -89,6 +92,7 @@ def start_server(**overrides) -> RunningServer:
         }
         | overrides
     )
+    torch_threads = torch.get_num_threads()
     loop = asyncio.new_event_loop()
     started = threading.Event()
     holder: dict = {}
@@ -114,7 +118,7 @@ def start_server(**overrides) -> RunningServer:
     started.wait(300)
     if "error" in holder:
         raise holder["error"]
-    return RunningServer(holder["server"], loop, thread)
+    return RunningServer(holder["server"], loop, thread, torch_threads)
 
 
 @pytest.fixture
