@@ -51,6 +51,10 @@ class GraspResult:
     metrics: dict[str, float]
 
 
+def _per_hand(hand: str | Sequence[str], count: int) -> list[str]:
+    return [hand] * count if isinstance(hand, str) else list(hand)
+
+
 def _hand_json(keypoints: Any, joint_order: str, hand: str) -> dict:
     return {
         "keypoints": np.asarray(keypoints, dtype=np.float64).tolist(),
@@ -115,7 +119,7 @@ class RestClient(_Closing):
         resolution: int | None = None,
     ) -> list[trimesh.Trimesh]:
         """(B,21,3) keypoints -> B meshes in one request (``hand`` may be one name per hand)."""
-        hands = [hand] * len(keypoints) if isinstance(hand, str) else list(hand)
+        hands = _per_hand(hand, len(keypoints))
         body = {
             "hands": [_hand_json(k, joint_order, h) for k, h in zip(keypoints, hands, strict=True)],
             "resolution": resolution,
@@ -222,7 +226,7 @@ class GrpcClient(_Closing):
         timeout: float | None = None,
     ) -> list[trimesh.Trimesh]:
         """(B,21,3) keypoints -> B meshes in one call."""
-        hands = [hand] * len(keypoints) if isinstance(hand, str) else list(hand)
+        hands = _per_hand(hand, len(keypoints))
         request = halo_pb2.GenerateMeshRequest(
             hands=[_hand_proto(k, joint_order, h) for k, h in zip(keypoints, hands, strict=True)],
             resolution=resolution or 0,
