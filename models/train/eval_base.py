@@ -46,6 +46,7 @@ def mesh_checks(mesh: trimesh.Trimesh, keypoints: np.ndarray) -> dict[str, float
     """One extracted mesh (metres) and its (21,3) keypoints -> watertight/one-piece flags, inside fraction, volume cm3."""
     watertight = bool(mesh.is_watertight and mesh.is_winding_consistent)
     return {
+        "watertight": float(watertight),
         "watertight_single": float(watertight and mesh.body_count == 1),
         "non_tip_inside": float(inside_mesh(mesh, keypoints[MANO_NON_TIPS]).mean()),
         "volume_cm3": float(mesh.volume * 1e6) if watertight else float("nan"),
@@ -112,6 +113,7 @@ def summarize_synthetic(rows: list[dict[str, float]], seed: int, resolution: int
         "iou_min": float(min(row["iou"] for row in rows)),
         "chamfer_mm_mean": _mean(rows, "chamfer_mm"),
         "chamfer_mm_max": float(max(row["chamfer_mm"] for row in rows)),
+        "watertight_fraction": _mean(rows, "watertight"),
         "watertight_single_fraction": _mean(rows, "watertight_single"),
         "non_tip_inside_fraction": _mean(rows, "non_tip_inside"),
     }
@@ -145,6 +147,7 @@ def evaluate_real(base: HaloBase, reference_dir: Path, resolution: int, batch: i
     result = {
         "frames": len(rows),
         "resolution": resolution,
+        "watertight_fraction": _mean(rows, "watertight"),
         "watertight_single_fraction": _mean(rows, "watertight_single"),
         "non_tip_inside_fraction": _mean(rows, "non_tip_inside"),
         "volume_cm3_min": float(np.nanmin(volumes)),
