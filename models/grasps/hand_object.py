@@ -73,10 +73,10 @@ def from_bones(wrist: torch.Tensor, directions: torch.Tensor, lengths: torch.Ten
 
 @dataclass
 class RefineConfig:
-    steps: int = 25
+    steps: int = 60
     learning_rate: float = 1e-3
     points: int = 96  # interior and surface points each
-    w_penetration: float = 20.0
+    w_penetration: float = 80.0
     w_contact: float = 1.0
     w_fingertips: float = 30.0  # per metre
     w_stay: float = 1e3  # per squared metre of mean keypoint displacement

@@ -174,7 +174,7 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
 
 
 def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, base_path: Path | None,
-              vae_config: VAEConfig | None = None, checkpoint_every: int = 250) -> dict:
+              vae_config: VAEConfig | None = None, checkpoint_every: int = 250, command: str = "") -> dict:
     """Train (resuming from ``run_dir/state.pt``), write curves and the final safetensors + card to ``out``."""
     torch.manual_seed(config.seed)
     data = load_grasp_data(data_dir)
@@ -230,8 +230,11 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
     plot_curves(history, run_dir / "vae_curves.png")
     card = {
         "name": "halo-vae",
+        "source": "trained by this project on grasps it synthesised (models.data.grasp_synthesis)",
+        "command": command,
         "data": {"grasps": len(data.keypoints), "train_grasps_with_rotations": len(train.keypoints),
-                 "train_objects": len(train.object_index), "val_objects": len(val.object_index),
+                 "train_objects": len(np.unique(train.object_index)), "rotated_copies": config.rotations,
+                 "val_objects": len(val.object_index),
                  "synthesis_attempts": data.attempts, "synthesis_seconds": round(data.seconds, 1)},
         "training": {**asdict(config), "steps_done": step, "wall_time_s": round(time.perf_counter() - started, 1),
                      "halo_terms": base is not None,
@@ -262,8 +265,10 @@ def run(args: argparse.Namespace) -> int:
     """Train with parsed options and print the model card."""
     config = TrainConfig(steps=args.steps, batch=args.batch, time_budget_min=args.time_budget,
                          rotations=args.rotations)
+    command = (f"halo train vae --data DATA --steps {args.steps} --batch {args.batch} --rotations {args.rotations}"
+               + (" --base-checkpoint BASE" if args.base_checkpoint else ""))
     card = train_vae(args.data, args.run_dir, args.out, config, args.base_checkpoint,
-                     checkpoint_every=args.checkpoint_every)
+                     checkpoint_every=args.checkpoint_every, command=command)
     print(json.dumps(card, indent=2))
     return 0
 
