@@ -11,16 +11,15 @@ remains, and the 16 part MLPs then run as one batched matmul over parts.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .weights import file_sha256, read_weights, save_weights
 
 
 @dataclass
@@ -194,29 +193,9 @@ class OccupancyDecoder(nn.Module):
 # Checkpoints: our safetensors format (+ a JSON model card beside it) and the published HALO pickle.
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def card_path(weights_path: str | Path) -> Path:
-    """The model card that sits beside a .safetensors file."""
-    return Path(weights_path).with_suffix(".json")
-
-
 def save_decoder(decoder: OccupancyDecoder, path: str | Path, card: dict) -> dict:
     """Write weights (safetensors) and the card (JSON, with config and sha256 filled in); returns the card."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: value.detach().cpu().contiguous() for name, value in decoder.state_dict().items()}
-    save_file(tensors, str(path), metadata={"format": "halo-decoder", "config": json.dumps(asdict(decoder.config))})
-    card = {**card, "config": asdict(decoder.config), "weights": path.name, "sha256": file_sha256(path)}
-    card_path(path).write_text(json.dumps(card, indent=2) + "\n")
-    return card
+    return save_weights(decoder, path, card, "halo-decoder")
 
 
 def published_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -252,23 +231,20 @@ def published_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def load_decoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[OccupancyDecoder, dict]:
     """Our .safetensors or the published HALO .pt -> (decoder in eval mode on ``device``, model card)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no such file {path}")
     if path.suffix == ".safetensors":
-        state = load_file(str(path))
-        card_file = card_path(path)
-        card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+        state, card = read_weights(path)
         config = DecoderConfig(**card.get("config", {}))
-        card = {"name": path.stem, **card, "sha256": file_sha256(path)}
     else:
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint: no such file {path}")
         state = published_state_dict(path)
         config = DecoderConfig()
         card = {
             "name": "halo-published",
             "source": "published HALO base checkpoint (3DV 2021), converted on load",
             "sha256": file_sha256(path),
+            "path": path.name,
         }
-    card["path"] = path.name
     decoder = OccupancyDecoder(config)
     decoder.load_state_dict(state)
     return decoder.to(device).eval(), card

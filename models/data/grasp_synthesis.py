@@ -32,7 +32,8 @@ import torch.nn.functional as F
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from ..grasps.metrics import inside_mesh, surface_distance
+from ..geometry import inside_mesh
+from ..grasps.metrics import surface_distance
 from ..grasps.object_input import BPS_POINTS, BPS_RADIUS_M, bps_basis, object_points
 from .asset import default_cache_dir, fetch_hand_asset
 from .objects import make_object, object_split

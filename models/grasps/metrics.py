@@ -16,23 +16,13 @@ import trimesh
 from scipy.cluster.vq import kmeans2
 
 from ..canonical import normalization_matrix, transform_points
+from ..geometry import inside_mesh
 from ..skeleton import MANO_TO_BIOMECH
 
 CONTACT_DISTANCE_M = 0.002
 VOXEL_M = 0.0015
 MAX_VOXELS = 150_000
 DIVERSITY_CLUSTERS = 20
-
-
-def inside_mesh(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
-    """(N,3) points, metres -> (N,) bool, True where the generalised winding number is >= 0.5."""
-    if len(points) == 0:
-        return np.zeros(0, dtype=bool)
-    winding = igl.fast_winding_number(
-        np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64),
-        np.ascontiguousarray(points, dtype=np.float64),
-    )
-    return winding >= 0.5
 
 
 def surface_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:

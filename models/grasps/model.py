@@ -11,16 +11,14 @@ network lengths are in decimetres so that inputs are of order one.
 from __future__ import annotations
 
 import itertools
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..occupancy import card_path, file_sha256
 from ..skeleton import NUM_JOINTS
+from ..weights import read_weights, save_weights
 from .object_input import BPS_POINTS, BPS_RADIUS_M
 
 NETWORK_UNITS_PER_M = 10.0
@@ -90,23 +88,12 @@ def kl_divergence(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tenso
 
 def save_vae(model: GraspVAE, path: str | Path, card: dict) -> dict:
     """Write weights (safetensors) and a JSON card beside them (config and sha256 filled in); returns the card."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={"format": "halo-vae", "config": json.dumps(asdict(model.config))})
-    card = {**card, "config": asdict(model.config), "weights": path.name, "sha256": file_sha256(path)}
-    card_path(path).write_text(json.dumps(card, indent=2) + "\n")
-    return card
+    return save_weights(model, path, card, "halo-vae")
 
 
 def load_vae_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[GraspVAE, dict]:
     """.safetensors + card -> (GraspVAE in eval mode on ``device``, card)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no such file {path}")
-    card_file = card_path(path)
-    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    state, card = read_weights(path)
     model = GraspVAE(VAEConfig(**card.get("config", {})))
-    model.load_state_dict(load_file(str(path)))
-    card = {"name": path.stem, **card, "sha256": file_sha256(path), "path": path.name}
+    model.load_state_dict(state)
     return model.to(device).eval(), card

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import trimesh
 
-from .metrics import inside_mesh, surface_distance
+from ..geometry import inside_mesh
+from .metrics import surface_distance
 
 MIN_EXTENT_M, MAX_EXTENT_M = 0.005, 0.5
 MAX_FACES = 200_000

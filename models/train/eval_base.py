@@ -31,8 +31,8 @@ from ..data.labels import LabelConfig, query_points
 from ..data.poses import sample_poses, split_rng
 from ..data.rigged_hand import RiggedHand
 from ..geometry import chamfer_distance, inside_mesh
-from ..occupancy import card_path
 from ..skeleton import MANO_NON_TIPS
+from ..weights import card_path
 from .preview import render_hands
 
 DEFAULT_REFERENCE_DIR = Path("../shared/halo_reference")
