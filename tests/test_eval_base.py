@@ -9,8 +9,8 @@ import pytest
 import trimesh
 
 from models.api import SHIPPED_BASE, load_base
-from models.occupancy import card_path, file_sha256
 from models.train.eval_base import evaluate_real, evaluate_synthetic, mesh_checks, surface_chamfer_mm
+from models.weights import card_path, file_sha256
 
 
 @pytest.fixture(scope="module")
