@@ -21,6 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError, model_validator
+from starlette.exceptions import HTTPException
 
 from service.batching import DeadlineExceededError, QueueFullError
 from service.codecs import (
@@ -399,7 +400,10 @@ class GraspUpload(BaseModel):
 
 async def _read_upload(request: Request, engine: Engine) -> tuple[Any, GraspUpload]:
     settings = engine.settings
-    form = await request.form(max_files=1, max_fields=8, max_part_size=settings.max_upload_bytes)
+    try:
+        form = await request.form(max_files=1, max_fields=8, max_part_size=settings.max_upload_bytes)
+    except HTTPException as error:  # the multipart parser's own refusals (too many parts, malformed body)
+        raise InputError(f"file: unreadable multipart body: {error.detail}") from None
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise InputError("file: missing the object file part")

@@ -168,6 +168,11 @@ def test_bad_object_uploads_answer_4xx_naming_the_file(server_factory):
         "wrong extension": (_upload(server, "object.exe", box.export(file_type="obj").encode()), 422),
         "too many faces": (_upload(server, "object.ply", sphere.export(file_type="ply")), 413),
         "huge file": (_upload(server, "object.obj", b"v 0 0 0\n" * 10_000), 413),
+        "too many form fields": (
+            httpx.post(f"{server.http_url}/grasps", files={"file": ("object.obj", b"v 0 0 0\n")},
+                       data={f"field{index}": "1" for index in range(12)}, timeout=30),
+            422,
+        ),
     }
     for case, (response, status) in cases.items():
         assert response.status_code == status, (case, response.text)
