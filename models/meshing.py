@@ -43,13 +43,6 @@ class MeshStats:
     points_evaluated: int = 0
     refinement_rounds: list[int] = field(default_factory=list)  # points evaluated per round
 
-    def add(self, other: MeshStats) -> None:
-        self.canonicalize_s += other.canonicalize_s
-        self.occupancy_s += other.occupancy_s
-        self.marching_cubes_s += other.marching_cubes_s
-        self.points_evaluated += other.points_evaluated
-        self.refinement_rounds += other.refinement_rounds
-
 
 def grid_to_model(index: torch.Tensor, resolution: int) -> torch.Tensor:
     """(...,3) grid indices (0..R, may be fractional) -> (...,3) model-frame coordinates."""

@@ -77,8 +77,3 @@ def resolve_hand(hand: str) -> str:
     if key not in HANDS:
         raise ValueError(f"hand: unknown handedness {hand!r}; expected 'right' or 'left'")
     return key
-
-
-def mirror(points: torch.Tensor) -> torch.Tensor:
-    """(..., 3) points -> (..., 3) mirrored through the x = 0 plane (left <-> right hand)."""
-    return points * points.new_tensor([-1.0, 1.0, 1.0])
