@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 
 from service.client import GrpcClient, HaloError, RestClient
+from service.codecs import read_array
 
 RSS_LINE = re.compile(r"^process_resident_memory_bytes\s+(\S+)$", re.MULTILINE)
 
@@ -41,10 +42,7 @@ class BenchResult:
 
 def load_keypoints(path: str | Path) -> np.ndarray:
     """A JSON file holding one hand (21,3), a list of hands (K,21,3) or {"keypoints": ...} -> (K,21,3)."""
-    data = json.loads(Path(path).read_text())
-    if isinstance(data, dict):
-        data = data["keypoints"]
-    kps = np.asarray(data, dtype=np.float64)
+    kps = read_array(path, "keypoints")
     return kps[None] if kps.ndim == 2 else kps
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 import models
+from service.codecs import read_array
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO.parent / "shared" / "halo_reference"
@@ -42,8 +43,6 @@ def calibration_seconds(iterations: int = 200, threads: int = 2) -> float:
 def _keypoints(path: str | None) -> tuple[np.ndarray, str]:
     """-> ((K,21,3) keypoints, where they came from): the reference frames 0..140 if present."""
     if path:
-        from service.cli import read_array
-
         array = read_array(Path(path), "keypoints")
         return array.reshape(-1, 21, 3), path
     reference = REFERENCE / "reference.npz"

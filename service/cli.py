@@ -9,19 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from service.codecs import read_array
+
 MESH_FORMATS = (".ply", ".obj", ".glb", ".stl", ".off")
-
-
-def read_array(path: Path, key: str) -> np.ndarray:
-    """A .npy file, or a JSON file holding an array or an object with ``key`` -> float64 array."""
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False).astype(np.float64)
-    data = json.loads(path.read_text())
-    if isinstance(data, dict):
-        if key not in data:
-            raise ValueError(f"{path.name}: expected a JSON array or an object with a {key!r} field")
-        data = data[key]
-    return np.asarray(data, dtype=np.float64)
 
 
 def _mesh(args: argparse.Namespace) -> int:

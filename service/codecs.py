@@ -7,7 +7,9 @@ Every error is an ``InputError`` whose message starts with the offending field.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -136,3 +138,16 @@ def decode_upload(data: bytes, filename: str, max_bytes: int, max_faces: int) ->
         raise InputError(f"file: the {ext} file holds no triangles")
     check_object_size(loaded, max_faces, field="file")
     return arrays_to_mesh(loaded.vertices, loaded.faces, field="file")
+
+
+def read_array(path: str | Path, key: str) -> np.ndarray:
+    """A .npy file, or a JSON file holding an array or an object with ``key`` -> float64 array."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False).astype(np.float64)
+    data = json.loads(path.read_text())
+    if isinstance(data, dict):
+        if key not in data:
+            raise ValueError(f"{path.name}: expected a JSON array or an object with a {key!r} field")
+        data = data[key]
+    return np.asarray(data, dtype=np.float64)
