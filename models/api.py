@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import trimesh
 
+from .allocator import keep_freed_memory
 from .canonical import MODEL_SCALE, Canonical, canonicalize, transform_points, validate_keypoints
 from .meshing import DEFAULT_CULL_RADIUS_M, MeshStats, extract_meshes
 from .occupancy import OccupancyDecoder, load_decoder
@@ -120,6 +121,8 @@ def load_base(path: str | Path | None = None, device: str | torch.device = "cpu"
             )
         path = SHIPPED_BASE
     device = resolve_device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
     decoder, card = load_decoder(path, device)
     card["device"] = str(device)
     return HaloBase(decoder, card, device)

@@ -11,6 +11,7 @@ remains, and the 16 part MLPs then run as one batched matmul over parts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,22 +134,30 @@ class OccupancyDecoder(nn.Module):
         part_distance: torch.Tensor,
         code: HandCode,
         parts_per_point: int = 6,
-        block: int = 512,
-        chunk_blocks: int = 32,
+        rows_per_chunk: int = 16_384,
     ) -> torch.Tensor:
         """(T,3) model-frame points of hands ``hand`` (T,), (T,P) distance to each part -> (T,) probabilities.
 
         The max runs over each point's ``parts_per_point`` nearest parts only: a part's MLP is only ever
-        the largest near its own bone. (point, part) pairs are sorted by (hand, part) and cut into blocks of
-        ``block`` pairs that share one MLP, so the ragged work is a plain batched matmul over blocks."""
-        parts = self.config.num_parts
-        count = len(points)
+        the largest near its own bone. The (point, part) pairs are grouped by (part, hand), each group
+        padded to whole blocks of rows that share one MLP, so the ragged work is a batched matmul over blocks."""
+        if len(hand) > 1 and bool((hand[1:] < hand[:-1]).any()):
+            order = torch.argsort(hand, stable=True)
+            result = torch.empty(len(points), device=points.device)
+            result[order] = self.nearest_parts_occupancy(
+                points[order], hand[order], part_distance[order], code, parts_per_point, rows_per_chunk
+            )
+            return result
+        parts, hands = self.config.num_parts, code.bias.shape[0]
         nearest = part_distance.topk(min(parts_per_point, parts), dim=1, largest=False).indices  # (T,K)
-        pair_point = torch.arange(count, device=points.device).repeat_interleave(nearest.shape[1])
-        group = hand[pair_point] * parts + nearest.reshape(-1)  # which (hand, part) MLP, per pair
-        order = torch.argsort(group, stable=True)
-        group, pair_point = group[order], pair_point[order]
-        sizes = torch.bincount(group, minlength=code.bias.shape[0] * parts)
+        member = torch.zeros(len(points), parts, dtype=torch.bool, device=points.device)
+        member.scatter_(1, nearest, True)
+        # Part-major nonzero lists pairs by part, then point; points come sorted by hand, so every
+        # (part, hand) group is contiguous without a sort.
+        pair_part, pair_point = member.T.nonzero(as_tuple=True)
+        group = pair_part * hands + hand[pair_point]
+        sizes = torch.bincount(group, minlength=parts * hands)
+        block = _block_size(len(group), int((sizes > 0).sum()))
         padded_sizes = (sizes + block - 1) // block * block
         rank = torch.arange(len(group), device=points.device) - (sizes.cumsum(0) - sizes)[group]
         slot = (padded_sizes.cumsum(0) - padded_sizes)[group] + rank
@@ -157,36 +166,47 @@ class OccupancyDecoder(nn.Module):
         block_group = torch.repeat_interleave(torch.arange(len(sizes), device=points.device), padded_sizes // block)
         identity = torch.eye(self.config.hidden, dtype=points.dtype, device=points.device)
         weights = (
-            code.weight.flatten(0, 1),  # (B*P,3,H)
-            code.bias.flatten(0, 1).unsqueeze(1),  # (B*P,1,H)
+            code.weight.transpose(0, 1).flatten(0, 1),  # (P*B,3,H), row part * B + hand
+            code.bias.transpose(0, 1).flatten(0, 1).unsqueeze(1),  # (P*B,1,H)
             self.hidden_weight.transpose(-1, -2) + identity,  # (L,P,H,H), skip connection folded in
             self.hidden_bias.unsqueeze(2),  # (L,P,1,H)
             self.output_weight.transpose(1, 2),  # (P,H,1)
             self.output_bias.unsqueeze(1),  # (P,1,1)
         )
+        chunk_blocks = max(1, rows_per_chunk // block)
         logits = torch.cat(
             [
-                self._block_logits(chunk, groups, parts, weights)
+                self._block_logits(chunk, groups // hands, groups, weights)
                 for chunk, groups in zip(
                     inputs.view(-1, block, 3).split(chunk_blocks), block_group.split(chunk_blocks), strict=True
                 )
             ]
         )
-        best = torch.full((count,), -torch.inf, device=points.device)
+        best = torch.full((len(points),), -torch.inf, device=points.device)
         best.scatter_reduce_(0, pair_point, logits[slot], reduce="amax")
         return torch.sigmoid(best)
 
     def _block_logits(
-        self, inputs: torch.Tensor, groups: torch.Tensor, parts: int, weights: tuple[torch.Tensor, ...]
+        self, inputs: torch.Tensor, part: torch.Tensor, groups: torch.Tensor, weights: tuple[torch.Tensor, ...]
     ) -> torch.Tensor:
-        """(n,S,3) points, (n,) (hand, part) index of each block, stacked weights -> (n*S,) part logits."""
+        """(n,S,3) points, (n,) part and (part, hand) group of each block, stacked weights -> (n*S,) part logits."""
         first_weight, first_bias, hidden_weight, hidden_bias, output_weight, output_bias = weights
         slope = self.config.leaky_slope
-        part = groups % parts
         hidden = F.leaky_relu_(torch.baddbmm(first_bias[groups], inputs, first_weight[groups]), slope)
         for layer_weight, layer_bias in zip(hidden_weight, hidden_bias, strict=True):
             hidden = F.leaky_relu_(torch.bmm(hidden, layer_weight[part]).add_(layer_bias[part]), slope)
         return torch.baddbmm(output_bias[part], hidden, output_weight[part]).reshape(-1)
+
+
+MAX_BLOCK = 8192
+
+
+def _block_size(pairs: int, groups: int) -> int:
+    """Rows per block for ``pairs`` (point, part) pairs in ``groups`` groups: about half a mean group, 64..512.
+
+    Small refinement rounds would otherwise spend most of a 512-row block on padding."""
+    mean_group = pairs / max(1, groups)
+    return int(min(MAX_BLOCK, max(64, 2 ** math.floor(math.log2(max(1.0, mean_group / 2))))))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -221,3 +221,16 @@ def test_cli_reports_bad_input_without_a_traceback(checkpoint, tmp_path):
     )
     assert run.returncode == 2
     assert "millimetres" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_allocator_tuning_applies_on_glibc_and_yields_to_the_users_settings(monkeypatch):
+    import platform
+
+    from models.allocator import keep_freed_memory
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt tuning is glibc-only")
+    assert keep_freed_memory() is True

@@ -97,3 +97,18 @@ def test_nearest_parts_evaluation_equals_all_parts_where_it_matters(reference, p
     assert torch.equal(nearest[relevant], full[relevant])
     assert torch.equal(nearest > 0.5, full > 0.5)
     assert (full - nearest).max() <= 0.01
+
+
+def test_nearest_parts_evaluation_does_not_depend_on_point_order(reference, published_base):
+    """Pairs are grouped by (part, hand) without a sort when points come hand by hand; shuffled input must
+    give the same values, point for point."""
+    decoder = published_base.decoder
+    canonical = canonicalize(torch.from_numpy(reference["keypoints_mano_m"][:3]).double())
+    code = decoder.hand_code(canonical.part_matrices.float(), canonical.bone_lengths.float())
+    points = torch.from_numpy(reference["query_points"][:3, :4000])
+    hands = torch.arange(3).repeat_interleave(points.shape[1])
+    distances = part_distances(bone_distances(points, canonical.joints.float() * MODEL_SCALE)).reshape(-1, 16)
+    in_order = decoder.nearest_parts_occupancy(points.reshape(-1, 3), hands, distances, code)
+    shuffle = torch.randperm(len(hands), generator=torch.Generator().manual_seed(0))
+    shuffled = decoder.nearest_parts_occupancy(points.reshape(-1, 3)[shuffle], hands[shuffle], distances[shuffle], code)
+    assert torch.allclose(shuffled, in_order[shuffle], atol=1e-6)
