@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import mcubes
 import numpy as np
 import torch
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
 
 from .canonical import MODEL_SCALE, Canonical, transform_points
 from .occupancy import HandCode, OccupancyDecoder
@@ -31,6 +33,7 @@ MISE_LEVELS = {64: (32, 1), 128: (32, 2), 256: (32, 3), 512: (64, 3)}
 RESOLUTIONS = tuple(MISE_LEVELS)
 DEFAULT_CULL_RADIUS_M = 0.06  # no HALO surface lies further than this from the skeleton's bones
 MAX_CROP_POINTS = 40_000_000  # grid points held at once; larger batches are meshed in groups
+MIN_PIECE_FRACTION = 0.005  # closed pieces below this fraction of the largest one's volume are specks
 
 
 @dataclass
@@ -42,6 +45,7 @@ class MeshStats:
     marching_cubes_s: float = 0.0
     points_evaluated: int = 0
     refinement_rounds: list[int] = field(default_factory=list)  # points evaluated per round
+    specks_dropped: list[int] = field(default_factory=list)  # per hand, see drop_specks
 
 
 def grid_to_model(index: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -241,6 +245,30 @@ def marching_cubes(grid: np.ndarray, origin: np.ndarray, resolution: int) -> tup
     return vertices, faces.astype(np.int64)
 
 
+def drop_specks(
+    vertices: np.ndarray, faces: np.ndarray, min_fraction: float = MIN_PIECE_FRACTION
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(V,3), (F,3) closed mesh -> the same without pieces smaller than ``min_fraction`` of the largest, pieces dropped.
+
+    Where two fingers nearly touch, a single grid point can score above 0.5 on its own; marching cubes
+    wraps it in a speck of 8 faces, a separate body around 0.01 cm3 that no user wants in a hand mesh.
+    A real piece of hand (a fingertip cut off by a bad pose) is several percent of the hand and stays."""
+    if len(faces) == 0:
+        return vertices, faces, 0
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
+    graph = sparse.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(vertices),) * 2)
+    count, vertex_piece = connected_components(graph, directed=False)
+    if count == 1:
+        return vertices, faces, 0
+    face_piece = vertex_piece[faces[:, 0]]
+    corners = vertices[faces]  # signed volume of each face's tetrahedron with the origin, per piece
+    volume = np.abs(np.bincount(face_piece, np.linalg.det(corners) / 6.0, minlength=count))
+    keep = volume >= min_fraction * volume.max()
+    kept_faces = faces[keep[face_piece]]
+    used = np.unique(kept_faces)
+    return vertices[used], np.searchsorted(used, kept_faces), int(count - keep.sum())
+
+
 def extract_meshes(
     decoder: OccupancyDecoder,
     canonical: Canonical,
@@ -248,7 +276,7 @@ def extract_meshes(
     cull_radius: float | None = DEFAULT_CULL_RADIUS_M,
     stats: MeshStats | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Canonical inputs of B hands -> B (vertices (V,3) metres in the keypoint frame, faces (F,3) outward)."""
+    """Canonical inputs of B hands -> B (vertices (V,3) metres in the keypoint frame, faces (F,3) outward), specks dropped."""
     if resolution not in MISE_LEVELS:
         raise ValueError(f"resolution: expected one of {list(RESOLUTIONS)}, got {resolution}")
     stats = stats if stats is not None else MeshStats()
@@ -267,6 +295,8 @@ def extract_meshes(
         origins = origins.cpu().numpy()
         for grid, origin, normalization in zip(grids, origins, canonical.normalization_matrix[part], strict=True):
             vertices, faces = marching_cubes(grid, origin, resolution)
+            vertices, faces, dropped = drop_specks(vertices, faces)
+            stats.specks_dropped.append(dropped)
             inverse = torch.linalg.inv(normalization.double().cpu())
             points = torch.from_numpy(vertices)[None] / MODEL_SCALE
             meshes.append((transform_points(inverse[None], points)[0].numpy(), faces))

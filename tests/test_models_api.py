@@ -234,3 +234,22 @@ def test_allocator_tuning_applies_on_glibc_and_yields_to_the_users_settings(monk
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt tuning is glibc-only")
     assert keep_freed_memory() is True
+
+
+def test_drop_specks_removes_tiny_closed_pieces_and_keeps_real_ones():
+    from models.meshing import drop_specks
+
+    hand = trimesh.creation.icosphere(subdivisions=3, radius=0.05)
+    speck = trimesh.creation.icosphere(subdivisions=1, radius=0.002)  # 0.03 cm3 vs 524 cm3
+    finger = trimesh.creation.icosphere(subdivisions=2, radius=0.012)  # 1.3 % of the big piece: a real piece
+    speck.apply_translation([0.08, 0, 0])
+    finger.apply_translation([0, 0.1, 0])
+    joined = trimesh.util.concatenate([hand, speck, finger])
+    vertices, faces, dropped = drop_specks(joined.vertices, joined.faces)
+    cleaned = trimesh.Trimesh(vertices, faces, process=False)
+    assert dropped == 1
+    assert cleaned.body_count == 2 and cleaned.is_watertight
+    assert len(faces) == len(hand.faces) + len(finger.faces)
+    assert cleaned.volume == pytest.approx(hand.volume + finger.volume)
+    one_piece = drop_specks(hand.vertices, hand.faces)
+    assert one_piece[2] == 0 and np.array_equal(one_piece[1], hand.faces)
