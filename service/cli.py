@@ -126,12 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from models.grasps.commands import add_eval_vae_command, add_grasps_command
     from models.train import base as train_base
+    from models.train import calibrate as train_calibrate
     from models.train import eval_base
     from models.train import vae as train_vae
 
     train = commands.add_parser("train", help="train models on synthetic data")
     train_commands = train.add_subparsers(dest="train_command", required=True)
     train_base.add_parser(train_commands)
+    train_calibrate.add_parser(train_commands)
     evaluate = commands.add_parser("eval", help="evaluate checkpoints")
     eval_commands = evaluate.add_subparsers(dest="eval_command", required=True)
     eval_base.add_parser(eval_commands)

@@ -31,6 +31,7 @@ def test_mesh_checks_on_a_box():
     assert checks["volume_cm3"] == pytest.approx(1000.0)
     two_boxes = trimesh.util.concatenate([box, box.copy().apply_translation((1.0, 0, 0))])
     assert mesh_checks(two_boxes, keypoints)["watertight_single"] == 0.0
+    assert mesh_checks(box, keypoints, specks=1)["watertight_single_before_specks"] == 0.0
 
 
 def test_surface_chamfer_of_a_shifted_sphere():
@@ -47,7 +48,8 @@ def test_real_evaluation_is_skipped_without_the_reference_folder(shipped_base, t
 def test_shipped_model_meshes_held_out_synthetic_hands(shipped_base, rigged_hand):
     metrics = evaluate_synthetic(shipped_base, rigged_hand, count=2, seed=0, resolution=64)
     assert metrics["non_tip_inside_fraction"] == 1.0
-    assert metrics["iou_mean"] > 0.65
+    assert metrics["iou_volumetric_mean"] > 0.8
+    assert 0.6 < metrics["iou_near_surface_mean"] < metrics["iou_volumetric_mean"]
     assert metrics["chamfer_mm_mean"] < 3.5
 
 
@@ -59,4 +61,4 @@ def test_shipped_card_matches_the_weights_and_records_the_run():
     assert card["asset"]["license"] == "MIT" and card["training"]["steps"] > 0
     assert card["training"]["command"].startswith("halo train base")
     synthetic = card["metrics"]["synthetic"]
-    assert synthetic["poses"] >= 200 and 0.0 < synthetic["iou_mean"] <= 1.0
+    assert synthetic["poses"] >= 200 and 0.0 < synthetic["iou_volumetric_mean"] <= 1.0
