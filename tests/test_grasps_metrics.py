@@ -13,7 +13,14 @@ from models.grasps.metrics import (
     penetration_volume,
     summarize,
 )
-from models.grasps.object_input import ObjectError, bps_basis, object_points, validate_object
+from models.grasps.object_input import (
+    SHELL_DEPTH_M,
+    ObjectError,
+    bps_basis,
+    object_points,
+    shell_samples,
+    validate_object,
+)
 
 
 def box(size_cm: float, centre_cm: tuple[float, float, float], subdivisions: int = 3) -> trimesh.Trimesh:
@@ -86,3 +93,18 @@ def test_object_points_are_centred_and_inside() -> None:
     outside = np.clip(np.abs(basis) - 0.03, 0, None)
     far = np.linalg.norm(outside, axis=1) > 0
     np.testing.assert_allclose(points.bps[far], np.linalg.norm(outside, axis=1)[far], atol=1e-6)
+
+
+def test_shell_points_lie_under_the_surface_at_their_depth() -> None:
+    """Shell samples are inside, at most SHELL_DEPTH_M deep (mostly shallow) and carry their true depth."""
+    points, depth = shell_samples(box(6, (0, 0, 0)), 300, np.random.default_rng(0))
+    assert points.shape == (300, 3) and depth.shape == (300,)
+    assert np.abs(points).max() < 0.03
+    np.testing.assert_allclose(depth, 0.03 - np.abs(points).max(axis=1), atol=1e-6)
+    assert depth.max() <= SHELL_DEPTH_M + 1e-6 and np.median(depth) < SHELL_DEPTH_M / 2
+
+
+def test_shell_of_an_object_without_inside_is_its_surface() -> None:
+    square = trimesh.Trimesh(vertices=[[0, 0, 0], [0.05, 0, 0], [0.05, 0.05, 0], [0, 0.05, 0]], faces=[[0, 1, 2], [0, 2, 3]])
+    points, depth = shell_samples(square, 50, np.random.default_rng(0))
+    assert np.abs(points[:, 2]).max() < 1e-12 and (depth == 0).all()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import trimesh
 
+import models
 from models.canonical import validate_keypoints
 from models.data.objects import make_object
-from models.grasps.hand_object import RefineConfig, bone_vectors, from_bones, hand_object_terms, refine
+from models.grasps.hand_object import RefineConfig, back_off, bone_vectors, from_bones, hand_object_terms, refine
+from models.grasps.metrics import grasp_metrics
 from models.grasps.model import GraspVAE, VAEConfig, kl_divergence, load_vae_weights, save_vae
 from models.grasps.object_input import bps_basis, object_points
 from models.occupancy import OccupancyDecoder
@@ -91,3 +94,45 @@ def test_grasp_data_loads_splits_and_rotates(tmp_path) -> None:
     # A rigid rotation keeps the hand's shape: pairwise joint distances are unchanged.
     torch.testing.assert_close(torch.cdist(rotated.keypoints[2], rotated.keypoints[2]),
                                torch.cdist(train.keypoints[0], train.keypoints[0]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sunk_hand():
+    """The shipped base model, a hand pressed 4 mm (keypoints) into a slab below it, and the slab's points."""
+    try:
+        base = models.load_base()
+    except FileNotFoundError:
+        pytest.skip("the shipped base checkpoint is absent")
+    hand = a_hand(1)
+    slab = trimesh.creation.box(extents=(0.12, 0.12, 0.03))
+    slab.apply_translation((0.06, 0.0, hand[0, :, 2].min().item() + 0.004 - 0.015))
+    points = object_points(slab, bps_basis(16, 0.15), seed=0)
+    centre = torch.as_tensor(points.centre, dtype=torch.float32)
+    tensors = {name: torch.as_tensor(getattr(points, name), dtype=torch.float32)[None]
+               for name in ("interior", "surface", "shell", "shell_depth")}
+    return base, slab, hand - centre, centre, tensors
+
+
+def measured_depth_mm(base, slab: trimesh.Trimesh, keypoints: torch.Tensor) -> float:
+    """(1,21,3) keypoints -> max penetration depth of the hand mesh (resolution 64) into the slab, mm."""
+    return grasp_metrics(base.mesh(keypoints[0].numpy(), resolution=64), slab)["max_penetration_depth_mm"]
+
+
+def test_refinement_pulls_a_sunk_hand_out_on_the_meshed_hand(sunk_hand) -> None:
+    base, slab, hand, centre, points = sunk_hand
+    before = measured_depth_mm(base, slab, hand + centre)
+    refined = refine(base.decoder, hand, points["interior"], points["surface"], RefineConfig(steps=20),
+                     points["shell"], points["shell_depth"])
+    after = measured_depth_mm(base, slab, refined + centre)
+    assert before > 10.0 and after < 5.0
+    torch.testing.assert_close(bone_vectors(refined).norm(dim=-1), bone_vectors(hand).norm(dim=-1),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_back_off_moves_the_hand_rigidly_out_of_the_object(sunk_hand) -> None:
+    base, slab, hand, centre, points = sunk_hand
+    moved = back_off(base.decoder, hand, points["shell"], points["shell_depth"], points["surface"], RefineConfig())
+    shift = (moved - hand)[0]
+    torch.testing.assert_close(shift, shift[:1].expand(21, -1))  # one translation for all joints
+    assert shift[0, 2] > 0.9 * shift[0].norm()  # up, out of the slab's top face
+    assert measured_depth_mm(base, slab, moved + centre) < 0.5 * measured_depth_mm(base, slab, hand + centre)

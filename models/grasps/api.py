@@ -61,7 +61,10 @@ class HaloVAE:
         if refine_steps:
             interior = as_tensor(points.interior)[None].expand(n, -1, -1)
             surface = as_tensor(points.surface)[None].expand(n, -1, -1)
-            keypoints = hand_object.refine(self.base.decoder, keypoints, interior, surface, refine_config)
+            shell = as_tensor(points.shell)[None].expand(n, -1, -1)
+            shell_depth = as_tensor(points.shell_depth)[None].expand(n, -1)
+            keypoints = hand_object.refine(self.base.decoder, keypoints, interior, surface, refine_config,
+                                           shell, shell_depth)
         return keypoints.double().cpu().numpy() + points.centre
 
     def sample(self, object_mesh: trimesh.Trimesh, n: int = 10, seed: int = 0, refine: bool = True,

@@ -9,7 +9,15 @@ For B hands (keypoints) and their objects' point sets, all in the object frame (
                 skin) to the object's surface samples.
 
 Refinement keeps every bone length fixed: keypoints are rebuilt from the wrist position and one
-free direction per bone, and a few Adam steps minimise penetration + contact + fingertip distance + a pull to the start.
+free direction per bone, and a few Adam steps minimise penetration + contact + fingertip distance + a pull
+to the start. With shell points (object points just under its surface, with their depth) two more
+things aim at the deepest penetration, which the mean occupancy barely sees:
+
+* depth       = mean over shell points of relu(hand logit + margin) x depth (mm): the logit, unlike the
+                occupancy, keeps its gradient deep inside the hand, and deeper points weigh more;
+* back-off    = a last rigid move of the whole hand along the mean outward direction of the shell
+                points still inside it, by the shortest of a few candidate distances that leaves no
+                shell point deeper than ``backoff_target_m`` inside the hand (or the best candidate).
 """
 
 from __future__ import annotations
@@ -71,22 +79,58 @@ def from_bones(wrist: torch.Tensor, directions: torch.Tensor, lengths: torch.Ten
     return torch.stack(joints, dim=1)
 
 
+def depth_penetration(shell_logits: torch.Tensor, shell_depth: torch.Tensor, margin: float) -> torch.Tensor:
+    """(B,H) hand logits at shell points, (B,H) their depth (metres) -> (B,) mean relu(logit + margin) x depth, mm."""
+    return (torch.relu(shell_logits + margin) * shell_depth * 1e3).mean(1)
+
+
 @dataclass
 class RefineConfig:
     steps: int = 60
     learning_rate: float = 1e-3
     points: int = 96  # interior and surface points each
+    shell_points: int = 256
     w_penetration: float = 80.0
     w_contact: float = 1.0
     w_fingertips: float = 30.0  # per metre
     w_stay: float = 1e3  # per squared metre of mean keypoint displacement
+    w_depth: float = 2.0  # per logit x mm
+    depth_margin: float = 2.0  # logit: shell points count from just outside the hand surface
+    backoff_target_m: float = 0.003  # 0: no back-off
+    backoff_max_m: float = 0.03
+    backoff_candidates: int = 16  # distances grow quadratically: fine steps first
+
+
+def back_off(decoder: OccupancyDecoder, keypoints: torch.Tensor, shell: torch.Tensor, shell_depth: torch.Tensor,
+             surface: torch.Tensor, config: RefineConfig) -> torch.Tensor:
+    """(B,21,3) keypoints, (B,H,3) shell, (B,H) depths, (B,S,3) surface (metres) -> (B,21,3) rigidly moved out."""
+    with torch.no_grad():
+        inside = part_logits(decoder, keypoints, shell).amax(0) > 0
+        nearest = torch.cdist(shell, surface).argmin(2)
+        outward = F.normalize(torch.gather(surface, 1, nearest[..., None].expand(-1, -1, 3)) - shell, dim=-1)
+        direction = F.normalize((outward * (inside * shell_depth)[..., None]).sum(1), dim=-1)
+        distances = config.backoff_max_m * torch.linspace(0, 1, config.backoff_candidates, dtype=keypoints.dtype) ** 2
+        worst = torch.stack([
+            torch.where(part_logits(decoder, keypoints, shell - direction[:, None] * distance).amax(0) > 0,
+                        shell_depth, 0).amax(1)
+            for distance in distances
+        ], dim=1)
+        acceptable = worst <= config.backoff_target_m
+        choice = torch.where(acceptable.any(1), acceptable.float().argmax(1), worst.argmin(1))
+        return keypoints + direction[:, None] * distances[choice][:, None, None]
 
 
 def refine(decoder: OccupancyDecoder, keypoints: torch.Tensor, interior: torch.Tensor, surface: torch.Tensor,
-           config: RefineConfig | None = None) -> torch.Tensor:
-    """(B,21,3) keypoints, (B,I,3), (B,S,3) object points (metres) -> (B,21,3) refined, same bone lengths."""
+           config: RefineConfig | None = None, shell: torch.Tensor | None = None,
+           shell_depth: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,21,3) keypoints, (B,I,3), (B,S,3) object points, optional (B,H,3) shell and (B,H) depths (metres)
+    -> (B,21,3) refined keypoints, same bone lengths."""
     config = config or RefineConfig()
+    full_shell, full_surface = shell, surface
     interior, surface = interior[:, : config.points], surface[:, : config.points]
+    use_depth = shell is not None and config.w_depth > 0
+    if use_depth:
+        shell, shell_depth_used = shell[:, : config.shell_points], shell_depth[:, : config.shell_points]
     start = keypoints.detach()
     bones = bone_vectors(start)
     lengths = bones.norm(dim=-1)
@@ -99,8 +143,14 @@ def refine(decoder: OccupancyDecoder, keypoints: torch.Tensor, interior: torch.T
         stay = ((current - start) ** 2).sum(-1).mean(1)
         loss = (config.w_penetration * terms.penetration + config.w_contact * terms.contact
                 + config.w_fingertips * terms.fingertips + config.w_stay * stay)
+        if use_depth:
+            shell_logits = part_logits(decoder, current, shell).amax(0)
+            loss = loss + config.w_depth * depth_penetration(shell_logits, shell_depth_used, config.depth_margin)
         optimiser.zero_grad()
         loss.sum().backward()
         optimiser.step()
     with torch.no_grad():
-        return from_bones(wrist, directions, lengths)
+        refined = from_bones(wrist, directions, lengths)
+    if full_shell is not None and config.backoff_target_m > 0:
+        refined = back_off(decoder, refined, full_shell, shell_depth, full_surface, config)
+    return refined

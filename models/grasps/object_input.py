@@ -23,6 +23,8 @@ MIN_EXTENT_M, MAX_EXTENT_M = 0.005, 0.5
 MAX_FACES = 200_000
 SURFACE_POINTS = 512
 INTERIOR_POINTS = 512
+SHELL_POINTS = 1024
+SHELL_DEPTH_M = 0.03
 BPS_POINTS = 512
 BPS_RADIUS_M = 0.15
 
@@ -78,6 +80,8 @@ class ObjectPoints:
     bps: np.ndarray  # (K,) distance of each basis point to the surface
     surface: np.ndarray  # (S,3) area-uniform surface samples
     interior: np.ndarray  # (I,3) samples inside the object (surface samples if it has no inside)
+    shell: np.ndarray  # (H,3) samples inside the object within SHELL_DEPTH_M of its surface
+    shell_depth: np.ndarray  # (H,) distance of each shell sample to the surface (0 if it has no inside)
 
 
 def interior_samples(mesh: trimesh.Trimesh, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -94,6 +98,23 @@ def interior_samples(mesh: trimesh.Trimesh, count: int, rng: np.random.Generator
     return found[rng.integers(0, len(found), count)]
 
 
+def shell_samples(mesh: trimesh.Trimesh, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(count,3) points under the surface (depth up to SHELL_DEPTH_M, most of them shallow) and their (count,) depths, metres.
+
+    Surface samples are moved along their face normal both ways (normals of user meshes may point
+    inwards); the moved points inside the object are kept. An object without inside gives its surface.
+    """
+    points, faces = trimesh.sample.sample_surface(mesh, count, seed=rng)
+    depth = SHELL_DEPTH_M * rng.uniform(0.02, 1.0, size=(count, 1)) ** 2
+    normals = np.asarray(mesh.face_normals)[faces]
+    candidates = np.concatenate([points - normals * depth, points + normals * depth])
+    found = candidates[inside_mesh(mesh, candidates)]
+    if len(found) == 0:
+        return np.asarray(points), np.zeros(count)
+    found = found[rng.permutation(len(found))[:count]] if len(found) >= count else found[rng.integers(0, len(found), count)]
+    return found, surface_distance(mesh, found)
+
+
 def object_points(mesh: trimesh.Trimesh, basis: np.ndarray, seed: int = 0) -> ObjectPoints:
     """Validated mesh (metres), (K,3) BPS basis -> ObjectPoints in the bounding-box-centred frame."""
     rng = np.random.default_rng(seed)
@@ -101,12 +122,10 @@ def object_points(mesh: trimesh.Trimesh, basis: np.ndarray, seed: int = 0) -> Ob
     centred = mesh.copy()
     centred.apply_translation(-centre)
     surface = trimesh.sample.sample_surface(centred, SURFACE_POINTS, seed=rng)[0]
-    return ObjectPoints(
-        centre=centre,
-        bps=surface_distance(centred, basis),
-        surface=np.asarray(surface),
-        interior=interior_samples(centred, INTERIOR_POINTS, rng),
-    )
+    interior = interior_samples(centred, INTERIOR_POINTS, rng)
+    shell, shell_depth = shell_samples(centred, SHELL_POINTS, rng)
+    return ObjectPoints(centre=centre, bps=surface_distance(centred, basis), surface=np.asarray(surface),
+                        interior=interior, shell=shell, shell_depth=shell_depth)
 
 
 def stack_points(items: list[ObjectPoints]) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..api import load_base
 from ..data.objects import make_object
 from ..grasps.hand_object import bone_vectors, hand_object_terms
-from ..grasps.model import GraspVAE, VAEConfig, kl_divergence, save_vae
+from ..grasps.model import GraspVAE, VAEConfig, kl_divergence, load_vae_weights, save_vae
 from ..grasps.object_input import bps_basis, object_points, stack_points
 from ..occupancy import OccupancyDecoder
 
@@ -174,11 +174,18 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
 
 
 def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, base_path: Path | None,
-              vae_config: VAEConfig | None = None, checkpoint_every: int = 250, command: str = "") -> dict:
-    """Train (resuming from ``run_dir/state.pt``), write curves and the final safetensors + card to ``out``."""
+              vae_config: VAEConfig | None = None, checkpoint_every: int = 250, command: str = "",
+              init: Path | None = None) -> dict:
+    """Train (resuming from ``run_dir/state.pt``, else starting from ``init`` weights if given), write curves
+    and the final safetensors + card to ``out``."""
     torch.manual_seed(config.seed)
     data = load_grasp_data(data_dir)
-    model = GraspVAE(vae_config)
+    init_card = None
+    if init is not None:
+        model, init_card = load_vae_weights(init)
+        model.train()
+    else:
+        model = GraspVAE(vae_config)
     vae_config = model.config
     synthesis = json.loads((data_dir / "config.json").read_text())
     if (synthesis["bps_points"], synthesis["bps_radius_m"]) != (vae_config.bps_points, vae_config.bps_radius_m):
@@ -186,7 +193,8 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
     basis = bps_basis(vae_config.bps_points, vae_config.bps_radius_m, vae_config.bps_seed)
     train, val = data.subset("train"), data.subset("val")
     train = augment_rotations(train, config.rotations, basis, config.seed)
-    model.bone_lengths.copy_(bone_vectors(train.keypoints).norm(dim=-1).mean(0))
+    if init is None:
+        model.bone_lengths.copy_(bone_vectors(train.keypoints).norm(dim=-1).mean(0))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     base = load_base(base_path) if base_path is not None else None
     decoder = base.decoder.requires_grad_(False) if base is not None else None
@@ -238,6 +246,10 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
                  "synthesis_attempts": data.attempts, "synthesis_seconds": round(data.seconds, 1)},
         "training": {**asdict(config), "steps_done": step, "wall_time_s": round(time.perf_counter() - started, 1),
                      "halo_terms": base is not None,
+                     "initialised_from": None if init_card is None else {
+                         "name": init_card.get("name"), "sha256": init_card.get("sha256"),
+                         "steps": init_card.get("training", {}).get("steps_done"),
+                         "halo_terms": init_card.get("training", {}).get("halo_terms")},
                      "base_checkpoint": None if base is None else {"name": base.card.get("name"),
                                                                    "sha256": base.card.get("sha256")}},
         "final_losses": {h["split"]: {k: round(v, 4) for k, v in h.items() if k not in ("step", "split")}
@@ -253,7 +265,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("models/checkpoints/halo_vae.safetensors"))
     parser.add_argument("--base-checkpoint", type=Path, default=None,
                         help="frozen base model for the HALO loss terms (omit to train without them)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from these VAE weights (fine-tuning) instead of a random initialisation")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
     parser.add_argument("--batch", type=int, default=TrainConfig.batch)
     parser.add_argument("--time-budget", type=float, default=0.0, help="minutes")
     parser.add_argument("--rotations", type=int, default=TrainConfig.rotations,
@@ -263,12 +279,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train with parsed options and print the model card."""
-    config = TrainConfig(steps=args.steps, batch=args.batch, time_budget_min=args.time_budget,
-                         rotations=args.rotations)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(steps=args.steps, batch=args.batch, learning_rate=args.learning_rate,
+                         time_budget_min=args.time_budget, rotations=args.rotations)
     command = (f"halo train vae --data DATA --steps {args.steps} --batch {args.batch} --rotations {args.rotations}"
-               + (" --base-checkpoint BASE" if args.base_checkpoint else ""))
+               f" --learning-rate {args.learning_rate} --time-budget {args.time_budget}"
+               + (" --base-checkpoint BASE" if args.base_checkpoint else "") + (" --init VAE" if args.init else ""))
     card = train_vae(args.data, args.run_dir, args.out, config, args.base_checkpoint,
-                     checkpoint_every=args.checkpoint_every, command=command)
+                     checkpoint_every=args.checkpoint_every, command=command, init=args.init)
     print(json.dumps(card, indent=2))
     return 0
 
