@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..data.objects import split_indices
     from ..train.vae import load_grasp_data
     from .evaluate import evaluate_vae, format_table
+    from .hand_object import RefineConfig
 
     vae = _load_models(args)
     data_keypoints: dict[int, np.ndarray] = {}
@@ -74,6 +76,7 @@ def run_eval(args: argparse.Namespace) -> int:
     result["vae"] = {"name": vae.card.get("name"), "sha256": vae.card.get("sha256")}
     result["base"] = {"name": vae.base.card.get("name"), "sha256": vae.base.card.get("sha256")}
     result["object_indices"] = indices
+    result["refinement"] = asdict(RefineConfig())
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

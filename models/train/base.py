@@ -26,7 +26,7 @@ from ..data.asset import asset_description, fetch_hand_asset
 from ..data.labels import LabelConfig, LabelledBatch, sample_labelled
 from ..data.poses import PoseSamplerConfig, split_rng
 from ..data.rigged_hand import RiggedHand
-from ..occupancy import DecoderConfig, HandCode, OccupancyDecoder, save_decoder
+from ..occupancy import DecoderConfig, HandCode, OccupancyDecoder, load_decoder, save_decoder
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "checkpoints" / "halo_base.safetensors"
 
@@ -200,9 +200,9 @@ def plot_curves(state: RunState, path: Path) -> None:
     plt.close(figure)
 
 
-def model_card(config: TrainConfig, state: RunState, command: str) -> dict:
-    """Model card for a base checkpoint trained by this module."""
-    return {
+def model_card(config: TrainConfig, state: RunState, command: str, init_card: dict | None = None) -> dict:
+    """Model card for a base checkpoint trained by this module (``init_card``: the weights it started from)."""
+    card = {
         "name": "halo_base",
         "source": "trained by this project on synthetic posed hands (halo train base)",
         "asset": asset_description(),
@@ -215,15 +215,31 @@ def model_card(config: TrainConfig, state: RunState, command: str) -> dict:
             "config": asdict(config),
         },
     }
+    if init_card is not None:
+        card["training"]["initialised_from"] = {
+            key: init_card.get(key) for key in ("name", "sha256", "training", "calibration") if key in init_card
+        }
+    return card
 
 
 def train(
-    config: TrainConfig, hand: RiggedHand, run_dir: Path, output: Path, command: str, progress: bool = True
+    config: TrainConfig,
+    hand: RiggedHand,
+    run_dir: Path,
+    output: Path,
+    command: str,
+    progress: bool = True,
+    init: Path | None = None,
 ) -> RunState:
-    """Train (resuming from ``run_dir`` if it holds a state) and export the decoder to ``output``."""
+    """Train (resuming from ``run_dir`` if it holds a state, else from ``init`` weights if given) and export to ``output``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    decoder = OccupancyDecoder(DecoderConfig())
+    init_card = None
+    if init is None:
+        decoder = OccupancyDecoder(DecoderConfig())
+    else:
+        decoder, init_card = load_decoder(init)
+        decoder.train()
     optimizer = torch.optim.Adam(decoder.parameters(), lr=config.learning_rate)
     state_path = run_dir / "state.pt"
     state = load_state(state_path, decoder, optimizer) if state_path.exists() else RunState()
@@ -232,7 +248,7 @@ def train(
     def checkpoint() -> None:
         save_state(state_path, decoder, optimizer, state)
         plot_curves(state, run_dir / "curve.png")
-        save_decoder(decoder, output, model_card(config, state, command))
+        save_decoder(decoder, output, model_card(config, state, command, init_card))
 
     bar = tqdm(desc="train base", initial=state.step, total=config.max_steps or None, disable=not progress)
     last_checkpoint = time.monotonic()
@@ -288,6 +304,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hand-asset", type=Path, default=None, help="rigged hand glTF (default: fetch WebXR generic hand)"
     )
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the hand asset is downloaded")
+    parser.add_argument(
+        "--init", type=Path, default=None, help="start from these base weights (fine-tuning) instead of random ones"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
@@ -315,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     hand = RiggedHand.from_gltf(args.hand_asset or fetch_hand_asset(args.cache_dir))
     command = shlex.join(["halo", "train", "base", *_options(args)])
-    state = train(config, hand, args.run_dir, args.out, command, progress=not args.no_progress)
+    state = train(config, hand, args.run_dir, args.out, command, progress=not args.no_progress, init=args.init)
     summary = {"steps": state.step, "wall_time_s": round(state.elapsed_s, 1), "val_point_iou": state.val_iou[-1]}
     print(json.dumps({"output": str(args.out), **summary}))
     return 0
@@ -330,6 +349,7 @@ def _options(args: argparse.Namespace) -> list[str]:
         f"--points-per-hand={args.points_per_hand}",
         f"--lr={args.lr:g}",
         f"--seed={args.seed}",
+        *(["--init=INIT"] if args.init else []),
     ]
 
 
