@@ -46,3 +46,15 @@ def test_optimisation_lowers_energy_and_returns_valid_keypoints(rigged_hand) -> 
     kept = synthesizer.synthesise([mesh], 4, seed=0)
     for keypoints in kept[0]:
         assert keypoints.shape == (21, 3) and np.isfinite(keypoints).all()
+
+
+def test_dataset_of_one_split_holds_only_its_objects(rigged_hand, tmp_path, monkeypatch) -> None:
+    from models.data import grasp_synthesis
+    from models.train.vae import load_grasp_data
+
+    monkeypatch.setattr(grasp_synthesis.RiggedHand, "from_gltf", lambda path: rigged_hand)
+    grasp_synthesis.synthesise_dataset(tmp_path, objects=40, per_object=2, batch_objects=3,
+                                       config=SynthesisConfig(steps=2), hand_asset=tmp_path, split="test")
+    assert sorted(path.name for path in tmp_path.glob("shard_*.npz")) == ["shard_00018.npz", "shard_00039.npz"]
+    data = load_grasp_data(tmp_path)
+    assert data.object_index.tolist() == [18, 19, 38, 39] and set(data.split.tolist()) == {"test"}

@@ -93,3 +93,19 @@ def test_a_run_resumes_and_exports_a_loadable_checkpoint_with_its_card(rigged_ha
     saved = json.loads(output.with_suffix(".json").read_text())
     assert saved["training"]["steps"] == 3 and saved["asset"]["license"] == "MIT"
     assert card["sha256"] == saved["sha256"]
+
+
+def test_fine_tuning_starts_from_the_given_weights_and_names_them_in_the_card(rigged_hand, tmp_path):
+    config = TrainConfig(hands_per_step=2, labels=TINY_LABELS, max_steps=1, time_budget_s=600.0, val_hands=2)
+    start = tmp_path / "start.safetensors"
+    train(config, rigged_hand, tmp_path / "first", start, command="halo train base", progress=False)
+    initial, initial_card = load_decoder(start)
+    tuned_path = tmp_path / "tuned.safetensors"
+    train(config, rigged_hand, tmp_path / "second", tuned_path, command="x", progress=False, init=start)
+    tuned, _ = load_decoder(tuned_path)
+    # One small Adam step from the initial weights: close to them, far closer than a fresh initialisation.
+    fresh = OccupancyDecoder().input_weight
+    step = (tuned.input_weight - initial.input_weight).abs().max()
+    assert 0 < step < 0.1 * (fresh - initial.input_weight).abs().max()
+    card = json.loads(tuned_path.with_suffix(".json").read_text())
+    assert card["training"]["initialised_from"]["sha256"] == initial_card["sha256"]

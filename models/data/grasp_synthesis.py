@@ -36,7 +36,7 @@ from ..geometry import inside_mesh
 from ..grasps.metrics import surface_distance
 from ..grasps.object_input import BPS_POINTS, BPS_RADIUS_M, bps_basis, object_points
 from .asset import default_cache_dir, fetch_hand_asset
-from .objects import make_object, object_split
+from .objects import SPLITS, make_object, object_split
 from .rigged_hand import RiggedHand, axis_angle_to_matrix
 
 FINGERS = ("index", "middle", "ring", "pinky")
@@ -270,9 +270,10 @@ class GraspSynthesizer:
 
 
 def synthesise_dataset(out: Path, objects: int, per_object: int, batch_objects: int, config: SynthesisConfig,
-                       hand_asset: Path | None = None, seed: int = 0, start: int = 0) -> None:
+                       hand_asset: Path | None = None, seed: int = 0, start: int = 0, split: str = "all") -> None:
     """Write shards ``out/shard_XXXXX.npz`` of kept grasps for objects start..objects-1 (skips done shards).
 
+    ``split`` keeps only that split's objects ("all": every object); a shard is named by its first object.
     Several workers may share ``out`` when they start at different multiples of ``batch_objects``.
     """
     out.mkdir(parents=True, exist_ok=True)
@@ -283,15 +284,16 @@ def synthesise_dataset(out: Path, objects: int, per_object: int, batch_objects: 
         "synthesis": asdict(config), "objects": objects, "per_object": per_object, "seed": seed,
         "bps_points": BPS_POINTS, "bps_radius_m": BPS_RADIUS_M,
     }, indent=2))
-    for first in range(start - start % batch_objects, objects, batch_objects):
-        shard = out / f"shard_{first // batch_objects:05d}.npz"
+    chosen = [i for i in range(start - start % batch_objects, objects) if split in ("all", object_split(i))]
+    for first in range(0, len(chosen), batch_objects):
+        indices = chosen[first : first + batch_objects]
+        shard = out / f"shard_{indices[0]:05d}.npz"
         if shard.exists():
             continue
         started = time.perf_counter()
-        indices = list(range(first, min(first + batch_objects, objects)))
         made = [make_object(index) for index in indices]
         meshes = [mesh for mesh, _ in made]
-        kept = synthesizer.synthesise(meshes, per_object, seed=seed * 1_000_003 + first)
+        kept = synthesizer.synthesise(meshes, per_object, seed=seed * 1_000_003 + indices[0])
         points = [object_points(mesh, basis, seed=index) for mesh, index in zip(meshes, indices, strict=True)]
         keypoints = [k for grasps in kept for k in grasps]
         owner = [row for row, grasps in enumerate(kept) for _ in grasps]
@@ -323,9 +325,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hand-asset", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--start", type=int, default=0, help="first object (for a second worker)")
+    parser.add_argument("--split", default="all", choices=("all", *SPLITS),
+                        help="only this split's objects (test: the synthesis-data baseline of halo eval vae)")
     args = parser.parse_args(argv)
     synthesise_dataset(args.out, args.objects, args.per_object, args.batch_objects,
-                       SynthesisConfig(steps=args.steps), args.hand_asset, args.seed, args.start)
+                       SynthesisConfig(steps=args.steps), args.hand_asset, args.seed, args.start, args.split)
 
 
 if __name__ == "__main__":
