@@ -1,8 +1,8 @@
 """``halo eval base``: measure a base checkpoint on held-out synthetic hands and on real keypoints.
 
 Synthetic (poses from the ``test`` split, never trained on): IoU of the occupancy on 100k points,
-reported apart as volumetric IoU (50k uniform in the true hand's bounding box, as Occupancy Networks
-and NASA define it) and near-surface IoU (50k surface samples moved by 4 mm Gaussian noise, far
+reported apart as volumetric IoU (50k uniform in the padded bounding box of the true and the predicted
+hand, as Occupancy Networks and NASA define it) and near-surface IoU (50k surface samples moved by 4 mm Gaussian noise, far
 harsher); symmetric Chamfer distance of the extracted mesh to the posed ground-truth mesh; the
 fraction of non-tip keypoints inside the mesh; the fraction of meshes that are watertight and one
 piece, as delivered and before single-voxel specks are dropped (``meshing.drop_specks``).
@@ -71,11 +71,17 @@ def surface_chamfer_mm(a: trimesh.Trimesh, b: trimesh.Trimesh, seed: int) -> flo
 
 @torch.no_grad()
 def iou_samples(
-    base: HaloBase, keypoints: np.ndarray, truth: trimesh.Trimesh, seed: int
+    base: HaloBase, keypoints: np.ndarray, truth: trimesh.Trimesh, seed: int, predicted: trimesh.Trimesh | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """-> ((2n,) predicted occupancy, (2n,) true inside) of n points uniform in the padded box, then n near the surface."""
+    """-> ((2n,) predicted occupancy, (2n,) true inside) of n points uniform in the padded box, then n near the surface.
+
+    The box holds the true hand and, when given, the ``predicted`` mesh, so that a prediction fatter
+    than the truth is counted wherever it reaches.
+    """
     rng = np.random.default_rng(seed)
     low, high = truth.bounds
+    if predicted is not None and len(predicted.vertices):
+        low, high = np.minimum(low, predicted.bounds[0]), np.maximum(high, predicted.bounds[1])
     padding = BOX_PADDING * (high - low).max()
     uniform = rng.uniform(low - padding, high + padding, (IOU_POINTS, 3))
     # Near-surface points are drawn in the model frame, where the label noise is defined.
@@ -92,9 +98,11 @@ def iou(predicted: np.ndarray, truth: np.ndarray) -> float:
     return float((predicted & truth).sum() / max(1, (predicted | truth).sum()))
 
 
-def occupancy_iou(base: HaloBase, keypoints: np.ndarray, truth: trimesh.Trimesh, seed: int) -> dict[str, float]:
+def occupancy_iou(
+    base: HaloBase, keypoints: np.ndarray, truth: trimesh.Trimesh, seed: int, predicted: trimesh.Trimesh
+) -> dict[str, float]:
     """Occupancy > 0.5 vs winding number of the true mesh -> {"iou_volumetric", "iou_near_surface"}."""
-    occupancy, inside = iou_samples(base, keypoints, truth, seed)
+    occupancy, inside = iou_samples(base, keypoints, truth, seed, predicted)
     predicted = occupancy > 0.5
     return {
         "iou_volumetric": iou(predicted[:IOU_POINTS], inside[:IOU_POINTS]),
@@ -123,7 +131,7 @@ def synthetic_rows(
         for index, mesh, specks in zip(chunk, meshes, stats.specks_dropped, strict=True):
             truth = trimesh.Trimesh(posed.vertices[index].double().numpy(), faces, process=False)
             row = mesh_checks(mesh, keypoints[index], specks)
-            row.update(occupancy_iou(base, keypoints[index], truth, seed=index))
+            row.update(occupancy_iou(base, keypoints[index], truth, seed=index, predicted=mesh))
             row["chamfer_mm"] = surface_chamfer_mm(mesh, truth, seed=index)
             rows.append(row)
     return rows
