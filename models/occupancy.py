@@ -115,6 +115,47 @@ class OccupancyDecoder(nn.Module):
         out = torch.baddbmm(self.output_bias.unsqueeze(1), hidden, self.output_weight.transpose(1, 2))
         return out.reshape(parts, batch, count)
 
+    def chosen_part_logits(self, points: torch.Tensor, code: HandCode, parts: torch.Tensor) -> torch.Tensor:
+        """(B,N,3) model-frame points, HandCode, (B,N) part per point -> (B,N) that part's logit, differentiable.
+
+        Runs each part's MLP only on the points assigned to it (disjoint groups, hence the loop over
+        parts): 1/16 of the fused forward. First-layer weights are per hand; a one-hot hand code turns
+        them into one dense matmul per part.
+        """
+        batch, count = parts.shape
+        slope = self.config.leaky_slope
+        order = torch.argsort(parts.reshape(-1))
+        sizes = torch.bincount(parts.reshape(-1), minlength=self.config.num_parts).tolist()
+        hand_of_row = torch.arange(batch, device=points.device).repeat_interleave(count)[order]
+        hands = F.one_hot(hand_of_row, batch).to(points.dtype)
+        xyz = points.reshape(-1, 3)[order]
+        # Row n: [one-hot(hand) (x) xyz, one-hot(hand)] so that row @ [W (3B,H); bias (B,H)] = xyz @ W_hand + bias_hand.
+        features = torch.cat([(hands[:, :, None] * xyz[:, None, :]).reshape(-1, 3 * batch), hands], dim=1)
+        outputs = []
+        for part, rows in enumerate(features.split(sizes)):
+            if len(rows) == 0:
+                continue
+            first = torch.cat([code.weight[:, part].reshape(3 * batch, -1), code.bias[:, part]])
+            hidden = F.leaky_relu(rows @ first, slope)
+            for weight, bias in zip(self.hidden_weight[:, part], self.hidden_bias[:, part], strict=True):
+                hidden = F.leaky_relu(torch.addmm(hidden + bias, hidden, weight.T), slope)
+            outputs.append(torch.addmm(self.output_bias[part], hidden, self.output_weight[part].T))
+        logits = points.new_empty(batch * count).index_put((order,), torch.cat(outputs)[:, 0])
+        return logits.reshape(batch, count)
+
+    def max_part_logits(self, points: torch.Tensor, code: HandCode) -> torch.Tensor:
+        """(B,N,3) model-frame points, HandCode -> (B,N) max-over-parts logits, differentiable.
+
+        Equal to ``part_logits(points, code).amax(0)`` with identical gradients, but cheaper to
+        differentiate: the hard max sends gradient only to each point's winning part, so all parts run
+        once without autograd to find the winners and autograd runs only the winners.
+        """
+        if not torch.is_grad_enabled():
+            return self.part_logits(points, code).amax(0)
+        with torch.no_grad():
+            winner = self.part_logits(points, code).argmax(0)
+        return self.chosen_part_logits(points, code, winner)
+
     def forward(self, points: torch.Tensor, part_matrices: torch.Tensor, bone_lengths: torch.Tensor) -> torch.Tensor:
         """(B,N,3) model-frame points, (B,P,4,4), (B,P) metres -> (B,N) occupancy logits (max over parts)."""
         return self.part_logits(points, self.hand_code(part_matrices, bone_lengths)).amax(0)

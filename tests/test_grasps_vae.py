@@ -8,9 +8,17 @@ import torch
 import trimesh
 
 import models
-from models.canonical import validate_keypoints
+from models.canonical import MODEL_SCALE, canonicalize, transform_points, validate_keypoints
 from models.data.objects import make_object
-from models.grasps.hand_object import RefineConfig, back_off, bone_vectors, from_bones, hand_object_terms, refine
+from models.grasps.hand_object import (
+    RefineConfig,
+    back_off,
+    bone_vectors,
+    from_bones,
+    hand_logits,
+    hand_object_terms,
+    refine,
+)
 from models.grasps.metrics import grasp_metrics
 from models.grasps.model import GraspVAE, VAEConfig, kl_divergence, load_vae_weights, save_vae
 from models.grasps.object_input import bps_basis, object_points
@@ -61,6 +69,29 @@ def test_bones_round_trip_and_refinement_keeps_lengths() -> None:
     refined = refine(decoder, hand, interior, surface, RefineConfig(steps=3, points=16))
     assert not torch.allclose(refined, hand)
     torch.testing.assert_close(bone_vectors(refined).norm(dim=-1), bones.norm(dim=-1), atol=1e-5, rtol=1e-5)
+
+
+def test_hand_logits_give_the_fused_max_and_its_keypoint_gradients() -> None:
+    """The winner-only shortcut used by refinement and VAE training changes neither values nor gradients."""
+    torch.manual_seed(0)
+    decoder = OccupancyDecoder().double().requires_grad_(False)  # float64: only the summation order differs
+    points = torch.rand(3, 64, 3, dtype=torch.float64) * 0.1 - 0.05
+    results = []
+    for shortcut in (False, True):
+        hand = a_hand().double().requires_grad_(True)
+        if shortcut:
+            logits = hand_logits(decoder, hand, points)
+        else:
+            canonical = canonicalize(hand)
+            model_points = transform_points(canonical.normalization_matrix, points) * MODEL_SCALE
+            code = decoder.hand_code(canonical.part_matrices, canonical.bone_lengths)
+            logits = decoder.part_logits(model_points, code).amax(0)
+        (logits * torch.linspace(-1, 1, 64, dtype=torch.float64)).sum().backward()
+        results.append((logits.detach(), hand.grad))
+    (full, full_grad), (short, short_grad) = results
+    torch.testing.assert_close(short, full, atol=1e-10, rtol=1e-10)
+    assert full_grad.abs().max() > 0
+    torch.testing.assert_close(short_grad, full_grad, atol=1e-9, rtol=1e-9)
 
 
 def test_hand_object_terms_see_points_inside_the_hand() -> None:

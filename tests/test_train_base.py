@@ -12,14 +12,7 @@ import torch.nn.functional as F
 from models.canonical import canonicalize
 from models.data.labels import LabelConfig, sample_labelled
 from models.occupancy import OccupancyDecoder, load_decoder
-from models.train.base import (
-    TrainConfig,
-    chosen_part_logits,
-    learning_rate,
-    train,
-    training_step,
-    winner_part_logits,
-)
+from models.train.base import TrainConfig, learning_rate, train, training_step
 
 TINY_LABELS = LabelConfig(uniform_points=64, surface_points=192)
 
@@ -34,7 +27,7 @@ def test_winner_part_logits_match_the_fused_forward_and_its_gradients(rigged_han
         decoder.zero_grad()
         if shortcut:
             code = decoder.hand_code(canonical.part_matrices, canonical.bone_lengths)
-            logits = winner_part_logits(decoder, batch.points, code)
+            logits = decoder.max_part_logits(batch.points, code)
         else:
             logits = decoder(batch.points, canonical.part_matrices, canonical.bone_lengths)
         F.binary_cross_entropy_with_logits(logits, batch.occupancy).backward()
@@ -55,7 +48,7 @@ def test_chosen_part_logits_pick_each_points_part(rigged_hand):
     every_part = decoder.part_logits(batch.points, code)  # (P,B,N)
     expected = every_part.gather(0, batch.parts[None])[0]
     torch.testing.assert_close(
-        chosen_part_logits(decoder, batch.points, code, batch.parts), expected, atol=1e-5, rtol=1e-5
+        decoder.chosen_part_logits(batch.points, code, batch.parts), expected, atol=1e-5, rtol=1e-5
     )
 
 

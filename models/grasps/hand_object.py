@@ -39,12 +39,12 @@ CONTACT_LOGIT = 2.0
 MANO_PARENTS = (-1, 0, 1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0, 17, 18, 19)
 
 
-def part_logits(decoder: OccupancyDecoder, keypoints: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """(B,21,3) mano keypoints, (B,N,3) points (same frame, metres) -> (P,B,N) per-part occupancy logits."""
+def hand_logits(decoder: OccupancyDecoder, keypoints: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(B,21,3) mano keypoints, (B,N,3) points (same frame, metres) -> (B,N) occupancy logits, differentiable."""
     canonical = canonicalize(keypoints)
     model_points = transform_points(canonical.normalization_matrix, points) * MODEL_SCALE
     code = decoder.hand_code(canonical.part_matrices, canonical.bone_lengths)
-    return decoder.part_logits(model_points, code)
+    return decoder.max_part_logits(model_points, code)
 
 
 @dataclass
@@ -57,7 +57,7 @@ class HandObjectTerms:
 def hand_object_terms(decoder: OccupancyDecoder, keypoints: torch.Tensor, interior: torch.Tensor,
                       surface: torch.Tensor) -> HandObjectTerms:
     """(B,21,3) keypoints, (B,I,3) interior and (B,S,3) surface points (metres) -> per-hand terms."""
-    logits = part_logits(decoder, keypoints, torch.cat([interior, surface], dim=1)).amax(0)
+    logits = hand_logits(decoder, keypoints, torch.cat([interior, surface], dim=1))
     inner, outer = logits[:, : interior.shape[1]], logits[:, interior.shape[1]:]
     tips = keypoints[:, list(CONTACT_TIPS)]
     tip_distance = torch.cdist(tips, surface).amin(2).mean(1)
@@ -105,13 +105,13 @@ def back_off(decoder: OccupancyDecoder, keypoints: torch.Tensor, shell: torch.Te
              surface: torch.Tensor, config: RefineConfig) -> torch.Tensor:
     """(B,21,3) keypoints, (B,H,3) shell, (B,H) depths, (B,S,3) surface (metres) -> (B,21,3) rigidly moved out."""
     with torch.no_grad():
-        inside = part_logits(decoder, keypoints, shell).amax(0) > 0
+        inside = hand_logits(decoder, keypoints, shell) > 0
         nearest = torch.cdist(shell, surface).argmin(2)
         outward = F.normalize(torch.gather(surface, 1, nearest[..., None].expand(-1, -1, 3)) - shell, dim=-1)
         direction = F.normalize((outward * (inside * shell_depth)[..., None]).sum(1), dim=-1)
         distances = config.backoff_max_m * torch.linspace(0, 1, config.backoff_candidates, dtype=keypoints.dtype) ** 2
         worst = torch.stack([
-            torch.where(part_logits(decoder, keypoints, shell - direction[:, None] * distance).amax(0) > 0,
+            torch.where(hand_logits(decoder, keypoints, shell - direction[:, None] * distance) > 0,
                         shell_depth, 0).amax(1)
             for distance in distances
         ], dim=1)
@@ -144,7 +144,7 @@ def refine(decoder: OccupancyDecoder, keypoints: torch.Tensor, interior: torch.T
         loss = (config.w_penetration * terms.penetration + config.w_contact * terms.contact
                 + config.w_fingertips * terms.fingertips + config.w_stay * stay)
         if use_depth:
-            shell_logits = part_logits(decoder, current, shell).amax(0)
+            shell_logits = hand_logits(decoder, current, shell)
             loss = loss + config.w_depth * depth_penetration(shell_logits, shell_depth_used, config.depth_margin)
         optimiser.zero_grad()
         loss.sum().backward()

@@ -26,7 +26,7 @@ from ..data.asset import asset_description, fetch_hand_asset
 from ..data.labels import LabelConfig, LabelledBatch, sample_labelled
 from ..data.poses import PoseSamplerConfig, split_rng
 from ..data.rigged_hand import RiggedHand
-from ..occupancy import DecoderConfig, HandCode, OccupancyDecoder, load_decoder, save_decoder
+from ..occupancy import DecoderConfig, OccupancyDecoder, load_decoder, save_decoder
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "checkpoints" / "halo_base.safetensors"
 
@@ -55,48 +55,6 @@ def occupancy_logits(decoder: OccupancyDecoder, keypoints: torch.Tensor, points:
     return decoder(points, canonical.part_matrices, canonical.bone_lengths)
 
 
-def chosen_part_logits(
-    decoder: OccupancyDecoder, points: torch.Tensor, code: HandCode, parts: torch.Tensor
-) -> torch.Tensor:
-    """(B,N,3) model-frame points, HandCode, (B,N) part per point -> (B,N) that part's logit, differentiable.
-
-    Runs each part's MLP only on the points assigned to it (disjoint groups, hence the loop over
-    parts): 1/16 of the fused forward. First-layer weights are per hand; a one-hot hand code turns
-    them into one dense matmul per part.
-    """
-    batch, count = parts.shape
-    slope = decoder.config.leaky_slope
-    order = torch.argsort(parts.reshape(-1))
-    sizes = torch.bincount(parts.reshape(-1), minlength=decoder.config.num_parts).tolist()
-    hands = F.one_hot(torch.arange(batch, device=points.device).repeat_interleave(count)[order], batch).to(points.dtype)
-    xyz = points.reshape(-1, 3)[order]
-    # Row n: [one-hot(hand) (x) xyz, one-hot(hand)] so that row @ [W (3B,H); bias (B,H)] = xyz @ W_hand + bias_hand.
-    features = torch.cat([(hands[:, :, None] * xyz[:, None, :]).reshape(-1, 3 * batch), hands], dim=1)
-    outputs = []
-    for part, rows in enumerate(features.split(sizes)):
-        if len(rows) == 0:
-            continue
-        first = torch.cat([code.weight[:, part].reshape(3 * batch, -1), code.bias[:, part]])
-        hidden = F.leaky_relu(rows @ first, slope)
-        for weight, bias in zip(decoder.hidden_weight[:, part], decoder.hidden_bias[:, part], strict=True):
-            hidden = F.leaky_relu(torch.addmm(hidden + bias, hidden, weight.T), slope)
-        outputs.append(torch.addmm(decoder.output_bias[part], hidden, decoder.output_weight[part].T))
-    logits = points.new_empty(batch * count).index_put((order,), torch.cat(outputs)[:, 0])
-    return logits.reshape(batch, count)
-
-
-def winner_part_logits(decoder: OccupancyDecoder, points: torch.Tensor, code: HandCode) -> torch.Tensor:
-    """(B,N,3) model-frame points, HandCode -> (B,N) max-over-parts logits, differentiable.
-
-    Equal to ``decoder.part_logits(points, code).amax(0)`` with identical gradients, but cheaper to
-    train: the hard max sends gradient only to each point's winning part, so all parts run once
-    without autograd to find the winners and autograd runs only the winners.
-    """
-    with torch.no_grad():
-        winner = decoder.part_logits(points, HandCode(code.weight.detach(), code.bias.detach())).argmax(0)
-    return chosen_part_logits(decoder, points, code, winner)
-
-
 def training_loss(
     decoder: OccupancyDecoder, batch: LabelledBatch, part_loss_weight: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,11 +66,11 @@ def training_loss(
     canonical = canonicalize(batch.keypoints)
     code = decoder.hand_code(canonical.part_matrices, canonical.bone_lengths)
     occupancy_loss = F.binary_cross_entropy_with_logits(
-        winner_part_logits(decoder, batch.points, code), batch.occupancy
+        decoder.max_part_logits(batch.points, code), batch.occupancy
     )
     if part_loss_weight == 0:
         return occupancy_loss, torch.zeros(())
-    owner = chosen_part_logits(decoder, batch.points, code, batch.parts)
+    owner = decoder.chosen_part_logits(batch.points, code, batch.parts)
     return occupancy_loss, F.binary_cross_entropy_with_logits(owner, batch.occupancy)
 
 
