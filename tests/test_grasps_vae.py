@@ -167,3 +167,32 @@ def test_back_off_moves_the_hand_rigidly_out_of_the_object(sunk_hand) -> None:
     torch.testing.assert_close(shift, shift[:1].expand(21, -1))  # one translation for all joints
     assert shift[0, 2] > 0.9 * shift[0].norm()  # up, out of the slab's top face
     assert measured_depth_mm(base, slab, moved + centre) < 0.5 * measured_depth_mm(base, slab, hand + centre)
+
+
+def test_vae_training_with_the_halo_terms_records_them(tmp_path) -> None:
+    """A few steps of ``train_vae`` through the frozen shipped base: the HALO losses are logged and carded."""
+    import json
+
+    from models.api import SHIPPED_BASE
+    from models.train.vae import TrainConfig, train_vae
+
+    if not SHIPPED_BASE.is_file():
+        pytest.skip("the shipped base checkpoint is absent")
+    basis = bps_basis(SMALL.bps_points, SMALL.bps_radius_m, SMALL.bps_seed)
+    indices = [0, 1, 16]  # train, train, val
+    points = [object_points(make_object(i)[0], basis, seed=i) for i in indices]
+    keypoints = np.stack([a_hand(1)[0].numpy() + 0.05] * 6)
+    np.savez(tmp_path / "shard_00000.npz", object_index=np.array(indices),
+             object_split=np.array(["train", "train", "val"]), object_kind=np.array(["box"] * 3),
+             bps=np.stack([p.bps for p in points]), surface=np.stack([p.surface for p in points]),
+             interior=np.stack([p.interior for p in points]), keypoints=keypoints,
+             grasp_object=np.array([0, 0, 1, 1, 2, 2]), attempts=np.array(12), seconds=np.array(1.0))
+    (tmp_path / "config.json").write_text(json.dumps({"bps_points": SMALL.bps_points, "bps_radius_m": SMALL.bps_radius_m}))
+    config = TrainConfig(steps=4, batch=4, halo_batch=2, halo_points=16, rotations=1)
+    out = tmp_path / "vae.safetensors"
+    card = train_vae(tmp_path, tmp_path / "run", out, config, SHIPPED_BASE, SMALL, checkpoint_every=2)
+    assert card["training"]["halo_terms"] and card["training"]["base_checkpoint"]["name"] == "halo_base"
+    assert {"penetration", "contact", "fingertips"} <= set(card["final_losses"]["train"])
+    assert all(np.isfinite(value) for value in card["final_losses"]["train"].values())
+    model, _ = load_vae_weights(out)
+    assert model.config == SMALL

@@ -224,7 +224,7 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
         step += 1
         bar.update(1)
         if step % 50 == 0 or step == config.steps:
-            history.append({"step": step, "split": "train", **{k: float(v) for k, v in losses.items()}})
+            history.append({"step": step, "split": "train", **{k: float(v.detach()) for k, v in losses.items()}})
             bar.set_postfix(recon=f"{float(losses['recon']):.2f}", kl=f"{float(losses['kl']):.1f}")
         if (step % checkpoint_every == 0 or step == config.steps) and len(val.keypoints):
             model.eval()
