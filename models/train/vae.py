@@ -225,7 +225,7 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
         bar.update(1)
         if step % 50 == 0 or step == config.steps:
             history.append({"step": step, "split": "train", **{k: float(v.detach()) for k, v in losses.items()}})
-            bar.set_postfix(recon=f"{float(losses['recon']):.2f}", kl=f"{float(losses['kl']):.1f}")
+            bar.set_postfix(recon=f"{losses['recon'].item():.2f}", kl=f"{losses['kl'].item():.1f}")
         if (step % checkpoint_every == 0 or step == config.steps) and len(val.keypoints):
             model.eval()
             with torch.no_grad():
