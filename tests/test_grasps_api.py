@@ -11,7 +11,7 @@ import trimesh
 
 import models
 from models.data.objects import make_object, split_indices
-from models.grasps.api import SHIPPED_VAE, GraspRequestError
+from models.grasps.api import SHIPPED_VAE, GraspRequestError, is_valid_hand
 from service.cli import main
 
 
@@ -24,6 +24,25 @@ def vae():
     except FileNotFoundError:
         pytest.skip("the shipped base checkpoint is absent")
     return models.load_vae(base=base)
+
+
+def test_a_sample_that_is_no_hand_skeleton_is_drawn_again(vae, monkeypatch) -> None:
+    obj, _ = make_object(split_indices("test", 1)[0])
+    draw = type(vae)._draw
+    seeds = []
+
+    def collapse_first_sample(self, points, n, seed, refine_steps, refine_config):
+        keypoints = draw(self, points, n, seed, refine_steps, refine_config)
+        seeds.append(seed)
+        if len(seeds) == 1:
+            keypoints[0, 5:] = keypoints[0, 0]  # every finger joint on the wrist: not a hand
+        return keypoints
+
+    monkeypatch.setattr(type(vae), "_draw", collapse_first_sample)
+    grasps = vae.sample(obj, n=2, seed=3, refine=False, resolution=64)
+    assert len(seeds) == 2 and seeds[1] != seeds[0]
+    assert len(grasps) == 2 and all(grasp.mesh.is_watertight for grasp in grasps)
+    assert all(is_valid_hand(grasp.keypoints) for grasp in grasps)
 
 
 def test_sample_returns_meshed_grasps_in_the_object_frame(vae) -> None:

@@ -11,13 +11,25 @@ import torch
 import trimesh
 
 from ..api import CHECKPOINT_DIR, HaloBase, load_base, resolve_device
+from ..canonical import KeypointError, validate_keypoints
 from . import hand_object
 from .metrics import grasp_metrics
 from .model import GraspVAE, load_vae_weights
-from .object_input import ObjectError, bps_basis, object_points, validate_object
+from .object_input import ObjectError, ObjectPoints, bps_basis, object_points, validate_object
 
 SHIPPED_VAE = CHECKPOINT_DIR / "halo_vae.safetensors"
 MAX_SAMPLES = 64
+REDRAWS = 3  # attempts to replace samples that are not valid hand skeletons
+REDRAW_SEED_STEP = 7919
+
+
+def is_valid_hand(keypoints: np.ndarray) -> bool:
+    """(21,3) mano keypoints, metres -> whether the base model accepts them as a hand."""
+    try:
+        validate_keypoints(keypoints)
+    except KeypointError:
+        return False
+    return True
 
 
 class GraspRequestError(ValueError):
@@ -48,8 +60,24 @@ class HaloVAE:
 
     def sample_keypoints(self, object_mesh: trimesh.Trimesh, n: int, seed: int = 0, refine_steps: bool = True,
                          refine_config: hand_object.RefineConfig | None = None) -> np.ndarray:
-        """Validated object mesh (metres) -> (n,21,3) mano keypoints in its frame (trained bone lengths, optionally refined)."""
+        """Validated object mesh (metres) -> (n,21,3) mano keypoints in its frame (trained bone lengths, optionally refined).
+
+        A sample whose skeleton the base model would refuse (e.g. a collinear palm) is drawn again
+        from another latent, so every returned hand can be meshed.
+        """
         points = object_points(object_mesh, self.basis, seed=seed)
+        keypoints = self._draw(points, n, seed, refine_steps, refine_config)
+        for attempt in range(1, REDRAWS + 1):
+            invalid = np.flatnonzero([not is_valid_hand(hand) for hand in keypoints])
+            if len(invalid) == 0:
+                break
+            keypoints[invalid] = self._draw(points, len(invalid), seed + attempt * REDRAW_SEED_STEP, refine_steps,
+                                            refine_config)
+        return keypoints + points.centre
+
+    def _draw(self, points: ObjectPoints, n: int, seed: int, refine_steps: bool,
+              refine_config: hand_object.RefineConfig | None) -> np.ndarray:
+        """Object points -> (n,21,3) float64 keypoints in the object's centred frame, from latents of ``seed``."""
         as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
         generator = torch.Generator().manual_seed(seed)
         latent = torch.randn(n, self.model.config.latent, generator=generator).to(self.device)
@@ -65,7 +93,7 @@ class HaloVAE:
             shell_depth = as_tensor(points.shell_depth)[None].expand(n, -1)
             keypoints = hand_object.refine(self.base.decoder, keypoints, interior, surface, refine_config,
                                            shell, shell_depth)
-        return keypoints.double().cpu().numpy() + points.centre
+        return keypoints.double().cpu().numpy()
 
     def sample(self, object_mesh: trimesh.Trimesh, n: int = 10, seed: int = 0, refine: bool = True,
                resolution: int = 128) -> list[Grasp]:
