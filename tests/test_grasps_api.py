@@ -79,3 +79,13 @@ def test_cli_writes_meshes_and_metrics(vae, tmp_path: Path) -> None:
         assert trimesh.load(out / record["mesh"]).is_watertight
         assert np.asarray(record["keypoints"]).shape == (21, 3)
     assert main(["grasps", str(tmp_path / "missing.obj"), "-o", str(out)]) == 2
+
+
+def test_eval_command_reports_both_rows_and_renders_a_preview(vae, tmp_path: Path) -> None:
+    report, preview = tmp_path / "eval.json", tmp_path / "grasps.png"
+    arguments = ["eval", "vae", "--objects", "1", "--samples", "2", "--resolution", "64"]
+    assert main([*arguments, "--json", str(report), "--preview", str(preview)]) == 0
+    result = json.loads(report.read_text())
+    assert [row["method"] for row in result["rows"]] == ["vae + refinement", "vae, raw samples"]
+    assert all(row["grasps"] == 2 for row in result["rows"]) and result["refinement"]["steps"] > 0
+    assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

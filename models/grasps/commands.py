@@ -9,11 +9,16 @@ import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import trimesh
 
+if TYPE_CHECKING:
+    from .api import HaloVAE
+
 OBJECT_FORMATS = (".obj", ".ply", ".stl", ".glb", ".gltf", ".off")
+PREVIEW_OBJECTS, PREVIEW_GRASPS = 3, 4  # halo eval vae --preview: test objects, refined grasps each
 
 
 def _load_models(args: argparse.Namespace):
@@ -80,7 +85,22 @@ def run_eval(args: argparse.Namespace) -> int:
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.preview:
+        write_preview(vae, indices[:PREVIEW_OBJECTS], args.preview, args.resolution, args.seed)
     return 0
+
+
+def write_preview(vae: HaloVAE, object_indices: list[int], path: str, resolution: int, seed: int) -> None:
+    """PNG of ``PREVIEW_GRASPS`` refined grasps on each of the given test objects."""
+    from ..data.objects import make_object
+    from .preview import render_grasps
+
+    rows = []
+    for index in object_indices:
+        obj, kind = make_object(index)
+        grasps = vae.sample(obj, n=PREVIEW_GRASPS, seed=seed, refine=True, resolution=resolution)
+        rows.append((f"test object {index} ({kind})", obj, [grasp.mesh for grasp in grasps]))
+    render_grasps(rows, path, columns=PREVIEW_GRASPS)
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,5 +130,7 @@ def add_eval_vae_command(eval_commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--objects", type=int, default=10, help="number of test objects")
     parser.add_argument("--samples", type=int, default=20, help="grasps per object")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--preview", default=None, help=f"also render {PREVIEW_GRASPS} grasps on each of the first "
+                        f"{PREVIEW_OBJECTS} test objects to this PNG")
     _model_arguments(parser)
     parser.set_defaults(func=run_eval)
