@@ -39,7 +39,9 @@ def test_32_concurrent_requests_equal_the_sequential_results(server_factory, ref
     for index, response in enumerate(concurrent):
         got, expected = response.json(), sequential[index % 17]
         assert got["faces"] == expected["faces"]
-        np.testing.assert_allclose(got["vertices"], expected["vertices"], atol=1e-6)
+        # Same topology; a vertex may move by float32 rounding of a batched matmul (seen: 2.6 um, where a
+        # grid value sits at ~0.5 and marching cubes' interpolation amplifies it). A voxel at 64 is 6.9 mm.
+        np.testing.assert_allclose(got["vertices"], expected["vertices"], atol=1e-5)
 
 
 def test_a_full_queue_answers_503_and_resource_exhausted_then_recovers(server_factory, reference_keypoints):
