@@ -82,10 +82,13 @@ def test_cli_writes_meshes_and_metrics(vae, tmp_path: Path) -> None:
 
 
 def test_eval_command_reports_both_rows_and_renders_a_preview(vae, tmp_path: Path) -> None:
-    report, preview = tmp_path / "eval.json", tmp_path / "grasps.png"
-    arguments = ["eval", "vae", "--objects", "1", "--samples", "2", "--resolution", "64"]
-    assert main([*arguments, "--json", str(report), "--preview", str(preview)]) == 0
+    report, preview, checkpoint = tmp_path / "eval.json", tmp_path / "grasps.png", tmp_path / "vae.safetensors"
+    checkpoint.write_bytes(SHIPPED_VAE.read_bytes())
+    checkpoint.with_suffix(".json").write_text(SHIPPED_VAE.with_suffix(".json").read_text())
+    arguments = ["eval", "vae", "--objects", "1", "--samples", "2", "--resolution", "64", "--checkpoint", str(checkpoint)]
+    assert main([*arguments, "--json", str(report), "--preview", str(preview), "--write-card"]) == 0
     result = json.loads(report.read_text())
     assert [row["method"] for row in result["rows"]] == ["vae + refinement", "vae, raw samples"]
     assert all(row["grasps"] == 2 for row in result["rows"]) and result["refinement"]["steps"] > 0
+    assert json.loads(checkpoint.with_suffix(".json").read_text())["evaluation"] == result
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -66,6 +66,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """``halo eval vae``: metrics table on test objects (refined, raw, synthesis data)."""
     from ..data.objects import split_indices
     from ..train.vae import load_grasp_data
+    from .api import SHIPPED_VAE
     from .evaluate import evaluate_vae, format_table
     from .hand_object import RefineConfig
 
@@ -85,9 +86,21 @@ def run_eval(args: argparse.Namespace) -> int:
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.write_card:
+        write_card_evaluation(Path(args.checkpoint) if args.checkpoint else SHIPPED_VAE, result)
     if args.preview:
         write_preview(vae, indices[:PREVIEW_OBJECTS], args.preview, args.resolution, args.seed)
     return 0
+
+
+def write_card_evaluation(checkpoint: Path, result: dict) -> None:
+    """Store an evaluation result in the model card beside ``checkpoint`` (under ``evaluation``)."""
+    from ..weights import card_path
+
+    card_file = card_path(checkpoint)
+    card = json.loads(card_file.read_text())
+    card["evaluation"] = result
+    card_file.write_text(json.dumps(card, indent=2) + "\n")
 
 
 def write_preview(vae: HaloVAE, object_indices: list[int], path: str, resolution: int, seed: int) -> None:
@@ -130,6 +143,7 @@ def add_eval_vae_command(eval_commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--objects", type=int, default=10, help="number of test objects")
     parser.add_argument("--samples", type=int, default=20, help="grasps per object")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--write-card", action="store_true", help="store the results in the VAE's model card")
     parser.add_argument("--preview", default=None, help=f"also render {PREVIEW_GRASPS} grasps on each of the first "
                         f"{PREVIEW_OBJECTS} test objects to this PNG")
     _model_arguments(parser)

@@ -22,6 +22,7 @@ things aim at the deepest penetration, which the mean occupancy barely sees:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -39,12 +40,23 @@ CONTACT_LOGIT = 2.0
 MANO_PARENTS = (-1, 0, 1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0, 17, 18, 19)
 
 
+def hand_query(decoder: OccupancyDecoder, keypoints: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """(B,21,3) mano keypoints -> a function of (B,N,3) points (same frame, metres) -> (B,N) occupancy logits.
+
+    The hand is canonicalised once; the function may then be asked about many point sets.
+    """
+    canonical = canonicalize(keypoints)
+    code = decoder.hand_code(canonical.part_matrices, canonical.bone_lengths)
+
+    def logits(points: torch.Tensor) -> torch.Tensor:
+        return decoder.max_part_logits(transform_points(canonical.normalization_matrix, points) * MODEL_SCALE, code)
+
+    return logits
+
+
 def hand_logits(decoder: OccupancyDecoder, keypoints: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """(B,21,3) mano keypoints, (B,N,3) points (same frame, metres) -> (B,N) occupancy logits, differentiable."""
-    canonical = canonicalize(keypoints)
-    model_points = transform_points(canonical.normalization_matrix, points) * MODEL_SCALE
-    code = decoder.hand_code(canonical.part_matrices, canonical.bone_lengths)
-    return decoder.max_part_logits(model_points, code)
+    return hand_query(decoder, keypoints)(points)
 
 
 @dataclass
@@ -58,10 +70,15 @@ def hand_object_terms(decoder: OccupancyDecoder, keypoints: torch.Tensor, interi
                       surface: torch.Tensor) -> HandObjectTerms:
     """(B,21,3) keypoints, (B,I,3) interior and (B,S,3) surface points (metres) -> per-hand terms."""
     logits = hand_logits(decoder, keypoints, torch.cat([interior, surface], dim=1))
-    inner, outer = logits[:, : interior.shape[1]], logits[:, interior.shape[1]:]
-    tips = keypoints[:, list(CONTACT_TIPS)]
-    tip_distance = torch.cdist(tips, surface).amin(2).mean(1)
-    return HandObjectTerms(torch.sigmoid(inner).mean(1), torch.relu(CONTACT_LOGIT - outer.amax(1)), tip_distance)
+    return terms_from_logits(keypoints, logits[:, : interior.shape[1]], logits[:, interior.shape[1]:], surface)
+
+
+def terms_from_logits(keypoints: torch.Tensor, interior_logits: torch.Tensor, surface_logits: torch.Tensor,
+                      surface: torch.Tensor) -> HandObjectTerms:
+    """(B,21,3) keypoints, (B,I) and (B,S) hand logits at the interior and (B,S,3) surface points -> per-hand terms."""
+    tip_distance = torch.cdist(keypoints[:, list(CONTACT_TIPS)], surface).amin(2).mean(1)
+    return HandObjectTerms(torch.sigmoid(interior_logits).mean(1),
+                           torch.relu(CONTACT_LOGIT - surface_logits.amax(1)), tip_distance)
 
 
 def bone_vectors(keypoints: torch.Tensor) -> torch.Tensor:
@@ -105,13 +122,14 @@ def back_off(decoder: OccupancyDecoder, keypoints: torch.Tensor, shell: torch.Te
              surface: torch.Tensor, config: RefineConfig) -> torch.Tensor:
     """(B,21,3) keypoints, (B,H,3) shell, (B,H) depths, (B,S,3) surface (metres) -> (B,21,3) rigidly moved out."""
     with torch.no_grad():
-        inside = hand_logits(decoder, keypoints, shell) > 0
+        logits = hand_query(decoder, keypoints)
+        inside = logits(shell) > 0
         nearest = torch.cdist(shell, surface).argmin(2)
         outward = F.normalize(torch.gather(surface, 1, nearest[..., None].expand(-1, -1, 3)) - shell, dim=-1)
         direction = F.normalize((outward * (inside * shell_depth)[..., None]).sum(1), dim=-1)
         distances = config.backoff_max_m * torch.linspace(0, 1, config.backoff_candidates, dtype=keypoints.dtype) ** 2
         worst = torch.stack([
-            torch.where(hand_logits(decoder, keypoints, shell - direction[:, None] * distance) > 0,
+            torch.where(logits(shell - direction[:, None] * distance) > 0,
                         shell_depth, 0).amax(1)
             for distance in distances
         ], dim=1)
@@ -139,12 +157,15 @@ def refine(decoder: OccupancyDecoder, keypoints: torch.Tensor, interior: torch.T
     optimiser = torch.optim.Adam([wrist, directions], lr=config.learning_rate)
     for _ in range(config.steps):
         current = from_bones(wrist, directions, lengths)
-        terms = hand_object_terms(decoder, current, interior, surface)
+        # One decoder call for all point sets: the hand is canonicalised once per step.
+        logits = hand_logits(decoder, current, torch.cat([interior, surface, *([shell] if use_depth else [])], 1))
+        interior_logits, surface_logits, shell_logits = logits.split(
+            [interior.shape[1], surface.shape[1], logits.shape[1] - interior.shape[1] - surface.shape[1]], dim=1)
+        terms = terms_from_logits(current, interior_logits, surface_logits, surface)
         stay = ((current - start) ** 2).sum(-1).mean(1)
         loss = (config.w_penetration * terms.penetration + config.w_contact * terms.contact
                 + config.w_fingertips * terms.fingertips + config.w_stay * stay)
         if use_depth:
-            shell_logits = hand_logits(decoder, current, shell)
             loss = loss + config.w_depth * depth_penetration(shell_logits, shell_depth_used, config.depth_margin)
         optimiser.zero_grad()
         loss.sum().backward()
