@@ -85,15 +85,17 @@ class HaloServer:
         await set_serving(self._health, False)
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
-        grpc_stopped = asyncio.ensure_future(self._grpc.stop(grace))
+        started = asyncio.get_running_loop().time()
         try:
             await asyncio.wait_for(self.engine.drain(), grace)
         except asyncio.TimeoutError:
             log.error("grace period over with work still queued", extra={"queued": self.engine.batcher.depth})
-        await grpc_stopped
         # The last responses may still sit in socket buffers; closing a socket that holds unread
-        # client frames resets the connection, so give clients a moment to read and hang up.
+        # client frames resets the connection, so give clients a moment to read and hang up before
+        # either front end closes its transports (the engine already refuses new work).
         await asyncio.sleep(SHUTDOWN_LINGER_S)
+        remaining = max(0.0, grace - (asyncio.get_running_loop().time() - started))
+        await self._grpc.stop(remaining)
         if self._uvicorn_task is not None:
             await self._uvicorn_task
         await self.engine.close()
