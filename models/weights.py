@@ -26,6 +26,12 @@ def card_path(weights_path: str | Path) -> Path:
     return Path(weights_path).with_suffix(".json")
 
 
+def update_card(weights_path: str | Path, **fields: object) -> None:
+    """Set top-level ``fields`` in the model card beside ``weights_path`` (the weights are untouched)."""
+    card_file = card_path(weights_path)
+    card_file.write_text(json.dumps({**json.loads(card_file.read_text()), **fields}, indent=2) + "\n")
+
+
 def save_weights(module: nn.Module, path: str | Path, card: dict, kind: str) -> dict:
     """Write ``module``'s weights and its card (its ``config`` dataclass and sha256 filled in); returns the card."""
     path = Path(path)

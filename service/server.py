@@ -92,7 +92,7 @@ class HaloServer:
             log.error("grace period over with work still queued", extra={"queued": self.engine.batcher.depth})
         # The last responses may still sit in socket buffers; closing a socket that holds unread
         # client frames resets the connection, so give clients a moment to read and hang up before
-        # either front end closes its transports (the engine already refuses new work).
+        # the gRPC server closes its transports (the engine already refuses new work).
         await asyncio.sleep(SHUTDOWN_LINGER_S)
         remaining = max(0.0, grace - (asyncio.get_running_loop().time() - started))
         await self._grpc.stop(remaining)

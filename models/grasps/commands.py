@@ -66,6 +66,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """``halo eval vae``: metrics table on test objects (refined, raw, synthesis data)."""
     from ..data.objects import split_indices
     from ..train.vae import load_grasp_data
+    from ..weights import update_card
     from .api import SHIPPED_VAE
     from .evaluate import evaluate_vae, format_table
     from .hand_object import RefineConfig
@@ -87,20 +88,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.write_card:
-        write_card_evaluation(Path(args.checkpoint) if args.checkpoint else SHIPPED_VAE, result)
+        update_card(args.checkpoint or SHIPPED_VAE, evaluation=result)
     if args.preview:
         write_preview(vae, indices[:PREVIEW_OBJECTS], args.preview, args.resolution, args.seed)
     return 0
-
-
-def write_card_evaluation(checkpoint: Path, result: dict) -> None:
-    """Store an evaluation result in the model card beside ``checkpoint`` (under ``evaluation``)."""
-    from ..weights import card_path
-
-    card_file = card_path(checkpoint)
-    card = json.loads(card_file.read_text())
-    card["evaluation"] = result
-    card_file.write_text(json.dumps(card, indent=2) + "\n")
 
 
 def write_preview(vae: HaloVAE, object_indices: list[int], path: str, resolution: int, seed: int) -> None:

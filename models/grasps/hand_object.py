@@ -155,12 +155,12 @@ def refine(decoder: OccupancyDecoder, keypoints: torch.Tensor, interior: torch.T
     wrist = start[:, 0].clone().requires_grad_(True)
     directions = bones.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([wrist, directions], lr=config.learning_rate)
+    # One decoder call per step for all point sets: the hand is canonicalised once per step.
+    queries = torch.cat([interior, surface, *([shell] if use_depth else [])], 1)
+    sizes = [interior.shape[1], surface.shape[1], shell.shape[1] if use_depth else 0]
     for _ in range(config.steps):
         current = from_bones(wrist, directions, lengths)
-        # One decoder call for all point sets: the hand is canonicalised once per step.
-        logits = hand_logits(decoder, current, torch.cat([interior, surface, *([shell] if use_depth else [])], 1))
-        interior_logits, surface_logits, shell_logits = logits.split(
-            [interior.shape[1], surface.shape[1], logits.shape[1] - interior.shape[1] - surface.shape[1]], dim=1)
+        interior_logits, surface_logits, shell_logits = hand_logits(decoder, current, queries).split(sizes, dim=1)
         terms = terms_from_logits(current, interior_logits, surface_logits, surface)
         stay = ((current - start) ** 2).sum(-1).mean(1)
         loss = (config.w_penetration * terms.penetration + config.w_contact * terms.contact

@@ -34,7 +34,7 @@ from ..data.poses import sample_poses, split_rng
 from ..data.rigged_hand import RiggedHand
 from ..geometry import chamfer_distance, inside_mesh
 from ..skeleton import MANO_NON_TIPS
-from ..weights import card_path
+from ..weights import update_card
 from .preview import render_hands
 
 DEFAULT_REFERENCE_DIR = Path("../shared/halo_reference")
@@ -282,10 +282,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.write_text(text + "\n")
     if args.write_card:
-        card_file = card_path(args.checkpoint or SHIPPED_BASE)
-        card = json.loads(card_file.read_text())
-        card["metrics"] = metrics
-        card_file.write_text(json.dumps(card, indent=2) + "\n")
+        update_card(args.checkpoint or SHIPPED_BASE, metrics=metrics)
     return 0
 
 
