@@ -90,5 +90,6 @@ def test_eval_command_reports_both_rows_and_renders_a_preview(vae, tmp_path: Pat
     result = json.loads(report.read_text())
     assert [row["method"] for row in result["rows"]] == ["vae + refinement", "vae, raw samples"]
     assert all(row["grasps"] == 2 for row in result["rows"]) and result["refinement"]["steps"] > 0
+    assert result["eval_command"] == "halo eval vae --objects 1 --samples 2 --resolution 64 --seed 0"
     assert json.loads(checkpoint.with_suffix(".json").read_text())["evaluation"] == result
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
