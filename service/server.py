@@ -85,7 +85,8 @@ class HaloServer:
         await set_serving(self._health, False)
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
-        started = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             await asyncio.wait_for(self.engine.drain(), grace)
         except asyncio.TimeoutError:
@@ -94,7 +95,7 @@ class HaloServer:
         # client frames resets the connection, so give clients a moment to read and hang up before
         # the gRPC server closes its transports (the engine already refuses new work).
         await asyncio.sleep(SHUTDOWN_LINGER_S)
-        remaining = max(0.0, grace - (asyncio.get_running_loop().time() - started))
+        remaining = max(0.0, grace - (loop.time() - started))
         await self._grpc.stop(remaining)
         if self._uvicorn_task is not None:
             await self._uvicorn_task

@@ -84,9 +84,8 @@ def run_eval(args: argparse.Namespace) -> int:
     result["base"] = {"name": vae.base.card.get("name"), "sha256": vae.base.card.get("sha256")}
     result["object_indices"] = indices
     result["refinement"] = asdict(RefineConfig())
-    data = ["--data", "DATA"] if args.data else []
-    result["eval_command"] = " ".join(["halo eval vae", *data, f"--objects {args.objects} --samples {args.samples}",
-                                       f"--resolution {args.resolution} --seed {args.seed}"])
+    result["eval_command"] = (f"halo eval vae{' --data DATA' if args.data else ''} --objects {args.objects}"
+                              f" --samples {args.samples} --resolution {args.resolution} --seed {args.seed}")
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
