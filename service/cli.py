@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_mesh.add_argument("--json", help="also write the results to this JSON file")
     bench_mesh.set_defaults(func=_bench_mesh)
+    from service.bench_grasps import add_bench_grasps_command
+
+    add_bench_grasps_command(bench_commands)
 
     from models.grasps.commands import add_eval_vae_command, add_grasps_command
     from models.train import base as train_base

@@ -115,7 +115,7 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
         obj = self._object(request)
         count = self.engine.grasp_count(request.num_samples)
         grasps = await self.engine.grasps(
-            obj, count, request.seed, request.refine, request.resolution or None, self._deadline(context)
+            obj, count, request.seed, _refine(request), request.resolution or None, self._deadline(context)
         )
         return halo_pb2.GenerateGraspsResponse(grasps=[grasp_to_proto(g) for g in grasps])
 
@@ -123,10 +123,15 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
         obj = self._object(request)
         count = self.engine.grasp_count(request.num_samples)
         stream = self.engine.stream_grasps(
-            obj, count, request.seed, request.refine, request.resolution or None, self._deadline(context)
+            obj, count, request.seed, _refine(request), request.resolution or None, self._deadline(context)
         )
         async for grasp in stream:
             yield grasp_to_proto(grasp)
+
+
+def _refine(request: halo_pb2.GenerateGraspsRequest) -> bool:
+    """``refine`` as sent, or True when the client left it out (the REST default)."""
+    return request.refine if request.HasField("refine") else True
 
 
 class _Call:

@@ -9,8 +9,9 @@ import torch
 import trimesh
 
 from models.data.poses import sample_poses, split_rng
-from models.data.rigged_hand import WEBXR_JOINT_MAP, axis_angle_to_matrix, ray_exit
+from models.data.rigged_hand import WEBXR_JOINT_MAP, ray_exit
 from models.geometry import inside_mesh
+from models.hand_pose import axis_angle_to_matrix
 from models.skeleton import MANO_NON_TIPS, MANO_TIPS
 
 

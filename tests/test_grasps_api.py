@@ -31,8 +31,8 @@ def test_a_sample_that_is_no_hand_skeleton_is_drawn_again(vae, monkeypatch) -> N
     draw = type(vae)._draw
     seeds = []
 
-    def collapse_first_sample(self, points, n, seed, refine_steps, refine_config):
-        keypoints = draw(self, points, n, seed, refine_steps, refine_config)
+    def collapse_first_sample(self, points, sdf, n, seed, refine_steps, refine_config):
+        keypoints = draw(self, points, sdf, n, seed, refine_steps, refine_config)
         seeds.append(seed)
         if len(seeds) == 1:
             keypoints[0, 5:] = keypoints[0, 0]  # every finger joint on the wrist: not a hand

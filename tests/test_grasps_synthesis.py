@@ -7,8 +7,9 @@ import pytest
 import torch
 import trimesh
 
-from models.data.grasp_synthesis import GraspSynthesizer, SynthesisConfig, object_grids
+from models.data.grasp_synthesis import GraspSynthesizer, SynthesisConfig
 from models.data.objects import make_object
+from models.grasps.object_input import object_grids
 
 
 def test_sdf_grid_is_signed_and_extends_outside() -> None:
@@ -32,7 +33,8 @@ def rigged_hand():
         pytest.skip(f"rigged hand asset unavailable: {error}")
 
 
-def test_optimisation_lowers_energy_and_returns_valid_keypoints(rigged_hand) -> None:
+def test_optimisation_lowers_energy_and_returns_poses_inside_the_pose_space(rigged_hand) -> None:
+    from models.hand_pose import angle_bounds
     synthesizer = GraspSynthesizer(rigged_hand, SynthesisConfig(steps=25))
     mesh, _ = make_object(1)
     rng = np.random.default_rng(0)
@@ -41,11 +43,16 @@ def test_optimisation_lowers_energy_and_returns_valid_keypoints(rigged_hand) -> 
     grids = object_grids([mesh], 24, 0.03)
     before = synthesizer.energy(pose, rotation, translation, grids, 1)
     result = synthesizer.optimise([mesh], 4, seed=0)
-    after = synthesizer.energy(result["pose"], result["rotation"], result["translation"], grids, 1)
+    after = synthesizer.energy(result["raw"], result["rotation"], result["translation"], grids, 1)
     assert after.mean() < before.mean()
-    kept = synthesizer.synthesise([mesh], 4, seed=0)
-    for keypoints in kept[0]:
-        assert keypoints.shape == (21, 3) and np.isfinite(keypoints).all()
+    kept = synthesizer.synthesise([mesh], 4, seed=0)[0]
+    assert kept["keypoints"].shape[1:] == (21, 3) and np.isfinite(kept["keypoints"]).all()
+    angles = torch.as_tensor(kept["angles"])
+    low, high = angle_bounds(angles)
+    assert bool(((angles >= low - 1e-3) & (angles <= high + 1e-3)).all())
+    # The stored keypoints are the forward kinematics of the stored pose.
+    again = rigged_hand.skeleton.keypoints(angles, torch.as_tensor(kept["rotation"]), torch.as_tensor(kept["translation"]))
+    torch.testing.assert_close(again, torch.as_tensor(kept["keypoints"]), atol=1e-5, rtol=0)
 
 
 def test_dataset_of_one_split_holds_only_its_objects(rigged_hand, tmp_path, monkeypatch) -> None:

@@ -1,4 +1,4 @@
-"""HALO-VAE pieces: the network, checkpoint round trip, bone-preserving refinement, occupancy terms."""
+"""HALO-VAE pieces: the pose-space network, checkpoint round trip, pose-space refinement, occupancy terms."""
 
 from __future__ import annotations
 
@@ -8,21 +8,16 @@ import torch
 import trimesh
 
 import models
-from models.canonical import MODEL_SCALE, canonicalize, transform_points, validate_keypoints
+from models.canonical import MODEL_SCALE, canonicalize, transform_points
 from models.data.objects import make_object
-from models.grasps.hand_object import (
-    RefineConfig,
-    back_off,
-    bone_vectors,
-    from_bones,
-    hand_logits,
-    hand_object_terms,
-    refine,
-)
+from models.grasps.hand_object import HandPose, RefineConfig, back_off, hand_logits, hand_object_terms, refine
+from models.grasps.hand_proxy import fit_proxy
 from models.grasps.metrics import grasp_metrics
 from models.grasps.model import GraspVAE, VAEConfig, kl_divergence, load_vae_weights, save_vae
-from models.grasps.object_input import bps_basis, object_points
+from models.grasps.object_input import bps_basis, object_grids, object_points
+from models.hand_pose import angle_bounds, angles_from_raw, neutral_angles, raw_from_angles
 from models.occupancy import OccupancyDecoder
+from models.plausibility import plausible
 from models.train.vae import augment_rotations, load_grasp_data
 
 SMALL = VAEConfig(bps_points=32, latent=8, hidden=32, object_code=16)
@@ -39,36 +34,43 @@ def a_hand(batch: int = 3) -> torch.Tensor:
     return hand + 0.01 * torch.arange(batch, dtype=torch.float32)[:, None, None]
 
 
-def test_vae_shapes_and_kl() -> None:
-    model = GraspVAE(SMALL)
+def bone_lengths(keypoints: torch.Tensor) -> torch.Tensor:
+    """(B,21,3) mano keypoints -> (B,20) bone lengths."""
+    parents = [0, 1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0, 17, 18, 19]
+    return (keypoints[:, 1:] - keypoints[:, parents]).norm(dim=-1)
+
+
+def test_vae_decodes_poses_whose_keypoints_are_human_hands(rigged_hand) -> None:
+    model = GraspVAE(SMALL, rigged_hand.skeleton)
     keypoints, bps = a_hand(4), torch.rand(4, 32) * 0.1
-    recon, mean, log_variance = model(keypoints, bps)
-    assert recon.shape == (4, 21, 3) and mean.shape == (4, 8) and log_variance.shape == (4, 8)
+    pose, mean, log_variance = model(keypoints, bps)
+    assert pose.raw.shape == (4, 21 + 1) and mean.shape == (4, 8) and log_variance.shape == (4, 8)
     assert torch.allclose(kl_divergence(torch.zeros(2, 8), torch.zeros(2, 8)), torch.zeros(2))
     assert (kl_divergence(mean, log_variance) >= 0).all()
+    # A wild decoder (raw angles far beyond any limit) still gives hands inside the joint limits, at the
+    # skeleton's bone lengths. The wrist is put back near the origin: the test is about the hand's shape.
+    with torch.no_grad():
+        model.decoder[-1].weight.mul_(100)
+        wild = model.decode(torch.randn(64, 8) * 5, torch.randn(64, 16))
+        assert wild.raw.abs().max() > 20
+        wild.translation = wild.translation.clamp(-1, 1)
+        hands = model.keypoints(wild)
+    low, high = angle_bounds(wild.angles)
+    assert bool(((wild.angles >= low - 1e-4) & (wild.angles <= high + 1e-4)).all())
+    # Every bone but wrist -> ring / pinky MCP, which the palm arch (their metacarpals flexing) moves.
+    fixed = [bone for bone in range(20) if bone not in (12, 16)]
+    lengths = bone_lengths(hands)[:, fixed]
+    torch.testing.assert_close(lengths, lengths[:1].expand(64, -1), atol=1e-5, rtol=1e-4)
 
 
-def test_checkpoint_round_trip(tmp_path) -> None:
-    model = GraspVAE(SMALL).eval()
+def test_checkpoint_round_trip_keeps_the_skeleton(tmp_path, rigged_hand) -> None:
+    model = GraspVAE(SMALL, rigged_hand.skeleton).eval()
     card = save_vae(model, tmp_path / "vae.safetensors", {"name": "test-vae"})
     loaded, loaded_card = load_vae_weights(tmp_path / "vae.safetensors")
-    assert loaded.config == SMALL and loaded_card["sha256"] == card["sha256"]
+    assert loaded.config == model.config and loaded_card["sha256"] == card["sha256"]
     latent, code = torch.randn(2, 8), torch.randn(2, 16)
-    torch.testing.assert_close(loaded.decode(latent, code), model.decode(latent, code))
-
-
-def test_bones_round_trip_and_refinement_keeps_lengths() -> None:
-    hand = a_hand()
-    validate_keypoints(hand.numpy())  # the test hand is a valid skeleton
-    bones = bone_vectors(hand)
-    torch.testing.assert_close(from_bones(hand[:, 0], bones * 3.0, bones.norm(dim=-1)), hand)
-    torch.manual_seed(0)
-    decoder = OccupancyDecoder().requires_grad_(False)
-    interior = torch.rand(3, 16, 3) * 0.04 + torch.tensor([0.08, 0.0, 0.0])
-    surface = torch.rand(3, 16, 3) * 0.04 + torch.tensor([0.08, 0.0, 0.0])
-    refined = refine(decoder, hand, interior, surface, RefineConfig(steps=3, points=16))
-    assert not torch.allclose(refined, hand)
-    torch.testing.assert_close(bone_vectors(refined).norm(dim=-1), bones.norm(dim=-1), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.keypoints(loaded.decode(latent, code)), model.keypoints(model.decode(latent, code)))
 
 
 def test_hand_logits_give_the_fused_max_and_its_keypoint_gradients() -> None:
@@ -107,41 +109,64 @@ def test_hand_object_terms_see_points_inside_the_hand() -> None:
     assert 0.0 <= far.penetration.item() <= 1.0 and far.contact.item() >= 0.0
 
 
-def test_grasp_data_loads_splits_and_rotates(tmp_path) -> None:
-    basis = bps_basis(16, 0.15)
-    indices = [0, 16, 18]  # train, val, test
+def write_shard(folder, skeleton, indices: list[int], splits: list[str], owner: list[int], basis) -> None:
+    """A synthesis-style shard: the objects' point sets and one open-hand pose per grasp (forward kinematics)."""
     points = [object_points(make_object(i)[0], basis, seed=i) for i in indices]
-    keypoints = np.stack([a_hand(1)[0].numpy()] * 4)
-    np.savez(tmp_path / "shard_00000.npz", object_index=np.array(indices),
-             object_split=np.array(["train", "val", "test"]), object_kind=np.array(["box"] * 3),
-             bps=np.stack([p.bps for p in points]), surface=np.stack([p.surface for p in points]),
-             interior=np.stack([p.interior for p in points]), keypoints=keypoints,
-             grasp_object=np.array([0, 0, 1, 2]), attempts=np.array(8), seconds=np.array(1.0))
+    count = len(owner)
+    angles = neutral_angles(count) * 0.3
+    rotation = torch.eye(3).repeat(count, 1, 1)
+    translation = torch.tensor([[0.0, 0.0, 0.08]]).repeat(count, 1) + 0.01 * torch.arange(count)[:, None]
+    keypoints = skeleton.keypoints(angles, rotation, translation)
+    np.savez(folder / "shard_00000.npz", object_index=np.array(indices), object_split=np.array(splits),
+             object_kind=np.array(["box"] * len(indices)), bps=np.stack([p.bps for p in points]),
+             surface=np.stack([p.surface for p in points]), interior=np.stack([p.interior for p in points]),
+             keypoints=keypoints.numpy(), angles=angles.numpy(), rotation=rotation.numpy(),
+             translation=translation.numpy(), grasp_object=np.array(owner), attempts=np.array(2 * count),
+             seconds=np.array(1.0))
+
+
+def test_grasp_data_loads_splits_and_rotates_poses_with_their_objects(tmp_path, rigged_hand) -> None:
+    basis = bps_basis(16, 0.15)
+    skeleton = rigged_hand.skeleton
+    write_shard(tmp_path, skeleton, [0, 16, 18], ["train", "val", "test"], [0, 0, 1, 2], basis)
     data = load_grasp_data(tmp_path)
     train, test = data.subset("train"), data.subset("test")
     assert len(train.keypoints) == 2 and len(test.keypoints) == 1 and test.object_index.tolist() == [18]
     rotated = augment_rotations(train, 1, basis)
     assert len(rotated.keypoints) == 4 and rotated.owner.tolist() == [0, 0, 1, 1]
-    # A rigid rotation keeps the hand's shape: pairwise joint distances are unchanged.
-    torch.testing.assert_close(torch.cdist(rotated.keypoints[2], rotated.keypoints[2]),
-                               torch.cdist(train.keypoints[0], train.keypoints[0]), atol=1e-5, rtol=1e-5)
+    # The rotated pose (angles, rotation, wrist) still gives the rotated keypoints by forward kinematics.
+    again = skeleton.keypoints(rotated.angles, rotated.rotation, rotated.translation)
+    torch.testing.assert_close(again, rotated.keypoints, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(rotated.keypoints[2], train.keypoints[0], atol=1e-3)
 
 
 @pytest.fixture(scope="module")
-def sunk_hand():
-    """The shipped base model, a hand pressed 4 mm (keypoints) into a slab below it, and the slab's points."""
+def sunk_hand(rigged_hand):
+    """The shipped base model, a skeleton hand pressed ~8 mm (keypoints) into a block below it, its proxy."""
     try:
         base = models.load_base()
     except FileNotFoundError:
         pytest.skip("the shipped base checkpoint is absent")
-    hand = a_hand(1)
-    slab = trimesh.creation.box(extents=(0.12, 0.12, 0.03))
-    slab.apply_translation((0.06, 0.0, hand[0, :, 2].min().item() + 0.004 - 0.015))
+    skeleton = rigged_hand.skeleton
+    angles = neutral_angles(1) * 0.2
+    pose = HandPose(raw_from_angles(angles), torch.eye(3)[None], torch.zeros(1, 3))
+    hand = skeleton.keypoints(angles_from_raw(pose.raw), pose.rotation, pose.translation)
+    lowest = hand[0, hand[0, :, 2].argmin()]
+    # A block under the hand's lowest joint (the thumb tip), small enough for its point samples to be dense.
+    slab = trimesh.creation.box(extents=(0.06, 0.06, 0.03))
+    slab.apply_translation((lowest[0].item(), lowest[1].item(), lowest[2].item() + 0.008 - 0.015))
     points = object_points(slab, bps_basis(16, 0.15), seed=0)
     centre = torch.as_tensor(points.centre, dtype=torch.float32)
     tensors = {name: torch.as_tensor(getattr(points, name), dtype=torch.float32)[None]
                for name in ("interior", "surface", "shell", "shell_depth")}
-    return base, slab, hand - centre, centre, tensors
+    pose.translation = pose.translation - centre
+    fit_hands = skeleton.keypoints(neutral_angles(2) * torch.tensor([[0.2], [1.0]]), torch.eye(3).repeat(2, 1, 1),
+                                   torch.zeros(2, 3)).double().numpy()
+    proxy = fit_proxy(fit_hands, base.mesh(fit_hands, resolution=64))
+    centred = slab.copy()
+    centred.apply_translation(-points.centre)
+    tensors["sdf"] = object_grids([centred], 32, 0.03)
+    return base, skeleton, proxy, slab, pose, hand - centre, centre, tensors
 
 
 def measured_depth_mm(base, slab: trimesh.Trimesh, keypoints: torch.Tensor) -> float:
@@ -149,52 +174,48 @@ def measured_depth_mm(base, slab: trimesh.Trimesh, keypoints: torch.Tensor) -> f
     return grasp_metrics(base.mesh(keypoints[0].numpy(), resolution=64), slab)["max_penetration_depth_mm"]
 
 
-def test_refinement_pulls_a_sunk_hand_out_on_the_meshed_hand(sunk_hand) -> None:
-    # Where one hand ends (4-6 mm here) depends on the checkpoint and on how densely the shell samples the
-    # slab; the <= 5 mm depth target is a mean over test grasps, which `halo eval vae` measures.
-    base, slab, hand, centre, points = sunk_hand
+def test_pose_space_refinement_pulls_a_sunk_hand_out_and_keeps_it_a_hand(sunk_hand) -> None:
+    base, skeleton, proxy, slab, pose, hand, centre, points = sunk_hand
     before = measured_depth_mm(base, slab, hand + centre)
-    refined = refine(base.decoder, hand, points["interior"], points["surface"], RefineConfig(steps=20),
-                     points["shell"], points["shell_depth"])
+    refined = refine(base.decoder, skeleton, proxy, pose, points["sdf"], points["shell"], points["shell_depth"],
+                     points["surface"], RefineConfig(backoff_target_m=0))
     after = measured_depth_mm(base, slab, refined + centre)
-    assert before > 10.0 and after < 0.5 * before
-    torch.testing.assert_close(bone_vectors(refined).norm(dim=-1), bone_vectors(hand).norm(dim=-1),
-                               atol=1e-5, rtol=1e-5)
+    assert before > 8.0 and after < 0.5 * before
+    fixed = [bone for bone in range(20) if bone not in (12, 16)]  # the palm arch moves the other two
+    torch.testing.assert_close(bone_lengths(refined)[:, fixed], bone_lengths(hand)[:, fixed], atol=1e-5, rtol=1e-5)
+    assert plausible(refined.double().numpy()).all()
 
 
 def test_back_off_moves_the_hand_rigidly_out_of_the_object(sunk_hand) -> None:
-    base, slab, hand, centre, points = sunk_hand
-    moved = back_off(base.decoder, hand, points["shell"], points["shell_depth"], points["surface"], RefineConfig())
+    base, _, proxy, slab, _, hand, centre, points = sunk_hand
+    moved = back_off(base.decoder, proxy, hand, points["shell"], points["shell_depth"], points["surface"],
+                     RefineConfig())
     shift = (moved - hand)[0]
     torch.testing.assert_close(shift, shift[:1].expand(21, -1))  # one translation for all joints
     assert shift[0, 2] > 0.9 * shift[0].norm()  # up, out of the slab's top face
     assert measured_depth_mm(base, slab, moved + centre) < 0.5 * measured_depth_mm(base, slab, hand + centre)
 
 
-def test_vae_training_with_the_halo_terms_records_them(tmp_path) -> None:
+def test_vae_training_with_the_halo_terms_records_them(tmp_path, rigged_hand, monkeypatch) -> None:
     """A few steps of ``train_vae`` through the frozen shipped base: the HALO losses are logged and carded."""
     import json
 
     from models.api import SHIPPED_BASE
+    from models.train import vae as vae_training
     from models.train.vae import TrainConfig, train_vae
 
     if not SHIPPED_BASE.is_file():
         pytest.skip("the shipped base checkpoint is absent")
+    monkeypatch.setattr(vae_training.RiggedHand, "from_gltf", lambda path: rigged_hand)
     basis = bps_basis(SMALL.bps_points, SMALL.bps_radius_m, SMALL.bps_seed)
-    indices = [0, 1, 16]  # train, train, val
-    points = [object_points(make_object(i)[0], basis, seed=i) for i in indices]
-    keypoints = np.stack([a_hand(1)[0].numpy() + 0.05] * 6)
-    np.savez(tmp_path / "shard_00000.npz", object_index=np.array(indices),
-             object_split=np.array(["train", "train", "val"]), object_kind=np.array(["box"] * 3),
-             bps=np.stack([p.bps for p in points]), surface=np.stack([p.surface for p in points]),
-             interior=np.stack([p.interior for p in points]), keypoints=keypoints,
-             grasp_object=np.array([0, 0, 1, 1, 2, 2]), attempts=np.array(12), seconds=np.array(1.0))
+    write_shard(tmp_path, rigged_hand.skeleton, [0, 1, 16], ["train", "train", "val"], [0, 0, 1, 1, 2, 2], basis)
     (tmp_path / "config.json").write_text(json.dumps({"bps_points": SMALL.bps_points, "bps_radius_m": SMALL.bps_radius_m}))
     config = TrainConfig(steps=4, batch=4, halo_batch=2, halo_points=16, rotations=1)
     out = tmp_path / "vae.safetensors"
-    card = train_vae(tmp_path, tmp_path / "run", out, config, SHIPPED_BASE, SMALL, checkpoint_every=2)
+    card = train_vae(tmp_path, tmp_path / "run", out, config, SHIPPED_BASE, SMALL, checkpoint_every=2,
+                     hand_asset=tmp_path)
     assert card["training"]["halo_terms"] and card["training"]["base_checkpoint"]["name"] == "halo_base"
-    assert {"penetration", "contact", "fingertips"} <= set(card["final_losses"]["train"])
+    assert {"penetration", "contact", "fingertips", "angles"} <= set(card["final_losses"]["train"])
     assert all(np.isfinite(value) for value in card["final_losses"]["train"].values())
     model, _ = load_vae_weights(out)
-    assert model.config == SMALL
+    assert model.config.latent == SMALL.latent and len(model.config.skeleton_joints) == 25

@@ -23,3 +23,22 @@ def test_bench_drives_both_protocols_and_reports(live_server, reference_keypoint
         assert f"{protocol} c=2 res=64" in format_result(result)
     answered = live_server.metric("halo_requests_total", {"endpoint": "mesh", "protocol": "grpc", "status": "OK"})
     assert answered - answered_before == result.completed
+
+
+def test_bench_grasps_reports_a_calibrated_ratio_per_object(tmp_path):
+    import pytest
+
+    from models.grasps.api import SHIPPED_VAE
+    from service.cli import main
+
+    if not SHIPPED_VAE.is_file():
+        pytest.skip("no shipped grasp checkpoint")
+    out = tmp_path / "grasps.json"
+    assert main(["bench", "grasps", "--objects", "2", "--samples", "2", "--resolution", "64", "--threads", "1",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["rows"]) == 2 and result["samples"] == 2
+    for row in result["rows"]:
+        assert row["ratio"] == pytest.approx(row["seconds"] / row["calibration_s"])
+        assert 0 < row["sample_s"] + row["mesh_s"] + row["metrics_s"] <= row["seconds"]
+    assert min(r["ratio"] for r in result["rows"]) <= result["median_ratio"] <= max(r["ratio"] for r in result["rows"])

@@ -67,3 +67,31 @@ def test_an_object_in_millimetres_is_refused_naming_the_object(grasp_server, box
                                                                  "faces": huge.faces.tolist()}})
     assert response.status_code == 422
     assert response.json()["detail"].startswith("object")
+
+
+def test_grpc_client_that_leaves_refine_out_gets_refined_grasps_like_rest(grasp_server, box):
+    """A client with no .proto (descriptors from server reflection, as grpcurl does) that sends no ``refine``."""
+    import grpc
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(grasp_server.grpc_target) as channel:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        question = reflection_pb2.ServerReflectionRequest(file_containing_symbol="halo.v1.HaloService")
+        (answer,) = list(reflection.ServerReflectionInfo(iter([question]), timeout=10))
+        pool = descriptor_pool.DescriptorPool()
+        for raw in answer.file_descriptor_response.file_descriptor_proto:
+            pool.Add(descriptor_pb2.FileDescriptorProto.FromString(raw))
+        request_class = message_factory.GetMessageClass(pool.FindMessageTypeByName("halo.v1.GenerateGraspsRequest"))
+        response_class = message_factory.GetMessageClass(pool.FindMessageTypeByName("halo.v1.GenerateGraspsResponse"))
+        request = request_class(num_samples=1, seed=2, resolution=64)
+        request.object.vertices = np.asarray(box.vertices, dtype="<f4").tobytes()
+        request.object.faces = np.asarray(box.faces, dtype="<u4").tobytes()
+        call = channel.unary_unary("/halo.v1.HaloService/GenerateGrasps", request_serializer=request_class.SerializeToString,
+                                   response_deserializer=response_class.FromString)
+        response = call(request, timeout=120)
+    assert response.grasps[0].metrics.values["refined"] == 1.0
+    with RestClient(grasp_server.http_url) as client:
+        (rest,) = client.grasps(box, num_samples=1, seed=2)
+    assert rest.metrics["refined"] == 1.0  # REST refines by default
+    np.testing.assert_allclose(np.asarray(response.grasps[0].keypoints).reshape(21, 3), rest.keypoints, atol=1e-5)

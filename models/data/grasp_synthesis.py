@@ -2,20 +2,23 @@
 
 Many hands are optimised at once (objects x approach directions in one batch). Each hand starts
 with its palm facing the object from a random direction, a half-open finger pose and the thumb
-opposed; Adam then minimises
+opposed. The pose lives in the anatomical pose space (``models.hand_pose``): Adam moves the
+unbounded parameters whose sigmoid maps into the joint limits, so every hand it reaches is within
+them and PIP / DIP joints only flex. It minimises
 
-    E = w_pen * penetration + w_contact * contact + w_limit * joint limits + w_self * self-contact
+    E = w_pen * penetration + w_contact * contact + w_palm * palm contact + w_self * self-contact
 
 * penetration: squared depth of hand vertices inside the object (object SDF, trilinear on a grid),
 * contact: distance of the thumb, index and middle finger pads (and more weakly ring, pinky, palm)
   to the surface,
-* joint limits: squared excess over per-joint flexion / abduction ranges,
 * self-contact: fingertips and distal joints of different fingers closer than 12 mm.
 
 Kept grasps pass exact checks on the skinned mesh (libigl): penetration depth <= 2 mm, thumb plus at
 least two fingers within 3 mm of the surface, fingertips of different fingers >= 10 mm apart.
 
 Frames: object-centred (bounding-box centre at 0), metres, mano keypoints with fingertips on the skin.
+Each kept grasp is stored as its pose (angles in degrees, rotation, wrist translation) and its
+keypoints, which forward kinematics of the same pose gives.
 """
 
 from __future__ import annotations
@@ -28,35 +31,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import trimesh
 from scipy.spatial.transform import Rotation
 
 from ..geometry import inside_mesh
 from ..grasps.metrics import surface_distance
-from ..grasps.object_input import BPS_POINTS, BPS_RADIUS_M, bps_basis, object_points
+from ..grasps.object_input import BPS_POINTS, BPS_RADIUS_M, ObjectGrids, bps_basis, object_grids, object_points
+from ..hand_pose import TABLE_HIGH, TABLE_LOW, angles_from_raw, axis_angle_to_matrix, raw_from_angles
 from .asset import default_cache_dir, fetch_hand_asset
 from .objects import SPLITS, make_object, object_split
-from .rigged_hand import RiggedHand, axis_angle_to_matrix
+from .rigged_hand import RiggedHand
 
 FINGERS = ("index", "middle", "ring", "pinky")
-# Local joint axes of the WebXR hand: bones run along -z, +y is the back of the hand, so curling a
-# finger is a negative rotation about x and spreading it a rotation about y.
-# (joint name, axis, low, high) in radians of the joint's local rotation vector.
-JOINT_LIMITS: list[tuple[str, int, float, float]] = [
-    ("thumb-metacarpal", 0, -1.2, 0.3),
-    ("thumb-metacarpal", 1, -0.4, 0.9),
-    ("thumb-metacarpal", 2, -0.5, 0.5),
-    ("thumb-phalanx-proximal", 0, -1.0, 0.2),
-    ("thumb-phalanx-distal", 0, -1.2, 0.2),
-]
-for _finger in FINGERS:
-    JOINT_LIMITS += [
-        (f"{_finger}-finger-phalanx-proximal", 0, -1.6, 0.2),
-        (f"{_finger}-finger-phalanx-proximal", 1, -0.3, 0.3),
-        (f"{_finger}-finger-phalanx-intermediate", 0, -1.9, 0.0),
-        (f"{_finger}-finger-phalanx-distal", 0, -1.4, 0.0),
-    ]
 PAD_JOINTS = ("thumb-phalanx-distal", *(f"{f}-finger-phalanx-distal" for f in FINGERS))
 PAD_WEIGHTS = (1.0, 1.0, 1.0, 0.4, 0.4)
 PALM_JOINTS = ("wrist", *(f"{f}-finger-metacarpal" for f in FINGERS))
@@ -67,52 +53,18 @@ TIP_JOINTS = ("thumb-tip", *(f"{f}-finger-tip" for f in FINGERS))
 @dataclass
 class SynthesisConfig:
     steps: int = 160
-    learning_rate: float = 0.01
+    learning_rate: float = 0.01  # radians for the global rotation, decimetres for the translation
+    pose_learning_rate: float = 0.05  # raw pose parameters (about 1.4 degrees at mid-range for a 110-degree joint)
     grid: int = 40  # SDF grid points per axis
     grid_margin_m: float = 0.03
     w_penetration: float = 3e4  # per squared metre summed over vertices
     w_contact: float = 30.0  # per metre of pad distance
     w_palm: float = 5.0
-    w_limit: float = 10.0
     w_self: float = 3e3
     self_distance_m: float = 0.012
     keep_depth_m: float = 0.002
     keep_contact_m: float = 0.003
     keep_tip_gap_m: float = 0.010
-
-
-@dataclass
-class ObjectGrids:
-    """Signed distance of O objects on regular grids (negative inside), for trilinear lookup."""
-
-    sdf: torch.Tensor  # (O,1,G,G,G) metres, indexed [z, y, x] as grid_sample expects
-    low: torch.Tensor  # (O,3) grid corner, metres
-    high: torch.Tensor  # (O,3) opposite corner, metres
-
-    def __call__(self, points: torch.Tensor) -> torch.Tensor:
-        """(O,N,3) points, metres -> (O,N) signed distance, metres (plus the distance to the grid outside it)."""
-        low, high = self.low[:, None], self.high[:, None]
-        inside = torch.minimum(torch.maximum(points, low), high)
-        grid = (2 * (inside - low) / (high - low) - 1)[:, :, None, None, :]
-        sampled = F.grid_sample(self.sdf, grid, align_corners=True)[:, 0, :, 0, 0]
-        return sampled + (points - inside).norm(dim=-1)
-
-
-def object_grids(meshes: list[trimesh.Trimesh], size: int, margin: float) -> ObjectGrids:
-    """Meshes (metres) -> ObjectGrids with ``size``^3 samples over each bounding box plus ``margin``."""
-    sdfs, lows, highs = [], [], []
-    for mesh in meshes:
-        low, high = mesh.bounds[0] - margin, mesh.bounds[1] + margin
-        axes = [np.linspace(lo, hi, size) for lo, hi in zip(low, high, strict=True)]
-        zz, yy, xx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
-        points = np.stack([xx, yy, zz], axis=-1).reshape(-1, 3)
-        distance = surface_distance(mesh, points)
-        sign = np.where(inside_mesh(mesh, points), -1.0, 1.0)
-        sdfs.append((sign * distance).reshape(size, size, size))
-        lows.append(low)
-        highs.append(high)
-    as_tensor = lambda a: torch.as_tensor(np.stack(a), dtype=torch.float32)  # noqa: E731
-    return ObjectGrids(as_tensor(sdfs)[:, None], as_tensor(lows), as_tensor(highs))
 
 
 class GraspSynthesizer:
@@ -121,11 +73,8 @@ class GraspSynthesizer:
     def __init__(self, hand: RiggedHand, config: SynthesisConfig | None = None) -> None:
         self.hand = hand
         self.config = config or SynthesisConfig()
+        self.skeleton = hand.skeleton
         names = hand.joint_names
-        self.limit_joint = torch.tensor([names.index(n) for n, *_ in JOINT_LIMITS])
-        self.limit_axis = torch.tensor([axis for _, axis, *_ in JOINT_LIMITS])
-        self.limit_low = torch.tensor([low for *_, low, _ in JOINT_LIMITS])
-        self.limit_high = torch.tensor([high for *_, high in JOINT_LIMITS])
         # Pads: vertices skinned mostly to a distal phalanx, on the palm side (local y < 0).
         dominant = hand.weights.argmax(1)
         rest = torch.cat([hand.rest_vertices, torch.ones(len(hand.rest_vertices), 1)], 1)
@@ -149,19 +98,16 @@ class GraspSynthesizer:
         self.palm_normal = -hand.bind[hand.root, :3, 1]
 
     def initial_pose(self, count: int, rng: np.random.Generator) -> torch.Tensor:
-        """-> (count,J,3) local axis-angle rotations: half-open fingers, opposed thumb, random jitter."""
-        middle = (self.limit_low + self.limit_high) / 2
-        span = self.limit_high - self.limit_low
-        values = middle + span * torch.as_tensor(rng.uniform(-0.25, 0.15, (count, len(span))), dtype=torch.float32)
-        pose = torch.zeros(count, self.hand.num_joints, 3)
-        pose[:, self.limit_joint, self.limit_axis] = values
-        return pose
+        """-> (count,D) raw pose parameters: half-open fingers, opposed thumb, random jitter."""
+        fraction = 0.5 + torch.as_tensor(rng.uniform(-0.25, 0.15, (count, len(TABLE_LOW))), dtype=torch.float32)
+        return raw_from_angles(TABLE_LOW + (TABLE_HIGH - TABLE_LOW) * fraction)
 
-    def skinned(self, pose: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor,
+    def skinned(self, raw: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor,
                 subset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,J,3) axis-angle, (B,3,3), (B,3) m -> (B,V,3) vertices (or a subset), (B,J,3) joints, object frame."""
-        scales = pose.new_ones(pose.shape[0], self.hand.num_joints)
-        skinning, world = self.hand.skinning_transforms(axis_angle_to_matrix(pose), scales)
+        """(B,D) raw pose, (B,3,3), (B,3) m -> (B,V,3) vertices (or a subset), (B,J,3) joints, object frame."""
+        scales = raw.new_ones(raw.shape[0], self.hand.num_joints)
+        local = self.skeleton.local_rotations(angles_from_raw(raw))
+        skinning, world = self.hand.skinning_transforms(local, scales)
         weights, rest = self.hand.weights, self.hand.rest_vertices
         if subset is not None:
             weights, rest = weights[subset], rest[subset]
@@ -192,81 +138,80 @@ class GraspSynthesizer:
         as_tensor = lambda a: torch.as_tensor(np.stack(a), dtype=torch.float32)  # noqa: E731
         return as_tensor(rotations), as_tensor(translations)
 
-    def energy(self, pose: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor,
+    def energy(self, raw: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor,
                grids: ObjectGrids, objects: int) -> torch.Tensor:
-        """(B,J,3), (B,3,3), (B,3) with B = objects x per-object hands -> (B,) grasp energy."""
+        """(B,D) raw pose, (B,3,3), (B,3) with B = objects x per-object hands -> (B,) grasp energy."""
         c = self.config
-        vertices, joints = self.skinned(pose, rotation, translation, self.subset)
+        vertices, joints = self.skinned(raw, rotation, translation, self.subset)
         batch = vertices.shape[0]
         sdf = grids(vertices.reshape(objects, -1, 3)).reshape(batch, -1)
         penetration = (torch.relu(-sdf) ** 2).sum(1)
         pads = torch.stack([sdf[:, index].abs().amin(1) for index in self.subset_pads], 1)
         contact = (pads * pads.new_tensor(PAD_WEIGHTS)).sum(1)
         palm = sdf[:, self.subset_palm].abs().amin(1)
-        angles = pose[:, self.limit_joint, self.limit_axis]
-        limits = (torch.relu(self.limit_low - angles) ** 2 + torch.relu(angles - self.limit_high) ** 2).sum(1)
         points = joints[:, self.self_joints]
         gaps = torch.cdist(points, points)
         other = self.self_finger[:, None] != self.self_finger[None]
         close = (torch.relu(c.self_distance_m - gaps) ** 2 * other).sum((1, 2))
         return (c.w_penetration * penetration + c.w_contact * contact + c.w_palm * palm
-                + c.w_limit * limits + c.w_self * close)
+                + c.w_self * close)
 
     def optimise(self, meshes: list[trimesh.Trimesh], per_object: int, seed: int) -> dict[str, torch.Tensor]:
-        """Objects (object-centred, metres) -> optimised pose, rotation, translation of O x per_object hands."""
+        """Objects (object-centred, metres) -> optimised raw pose, rotation, translation of O x per_object hands."""
         rng = np.random.default_rng(seed)
         grids = object_grids(meshes, self.config.grid, self.config.grid_margin_m)
         base_rotation, translation = self.placement(meshes, per_object, rng)
-        pose = self.initial_pose(len(base_rotation), rng).requires_grad_(True)
+        raw = self.initial_pose(len(base_rotation), rng).requires_grad_(True)
         spin = torch.zeros(len(base_rotation), 3, requires_grad=True)
         # Adam's steps are about the learning rate in every parameter: radians for the angles, and
         # decimetres for the translation so that a step moves the hand ~1 mm.
         shift = (translation * 10).requires_grad_(True)
-        optimiser = torch.optim.Adam([pose, spin, shift], lr=self.config.learning_rate)
+        rates = (self.config.pose_learning_rate, self.config.learning_rate)
+        optimiser = torch.optim.Adam([{"params": [raw], "lr": rates[0]}, {"params": [spin, shift], "lr": rates[1]}])
         for step in range(self.config.steps):
-            for group in optimiser.param_groups:
-                group["lr"] = self.config.learning_rate * (0.3 if step > 0.7 * self.config.steps else 1.0)
+            for group, rate in zip(optimiser.param_groups, rates, strict=True):
+                group["lr"] = rate * (0.3 if step > 0.7 * self.config.steps else 1.0)
             rotation = axis_angle_to_matrix(spin) @ base_rotation
-            energy = self.energy(pose, rotation, shift / 10, grids, len(meshes))
+            energy = self.energy(raw, rotation, shift / 10, grids, len(meshes))
             optimiser.zero_grad()
             energy.sum().backward()
             optimiser.step()
         with torch.no_grad():
             rotation = axis_angle_to_matrix(spin) @ base_rotation
-        return {"pose": pose.detach(), "rotation": rotation, "translation": shift.detach() / 10}
+        return {"raw": raw.detach(), "rotation": rotation, "translation": shift.detach() / 10}
 
-    def keep(self, mesh: trimesh.Trimesh, vertices: np.ndarray, joints: np.ndarray) -> bool:
-        """Exact quality filter of one skinned hand (V,3), (J,3) against its object (metres)."""
+    def keep(self, mesh: trimesh.Trimesh, vertices: np.ndarray, joints: np.ndarray) -> np.ndarray:
+        """Exact quality filter of K skinned hands (K,V,3), (K,J,3) around one object (metres) -> (K,) bool.
+
+        All hands of the object go through libigl in one call (one tree build per object).
+        """
         c = self.config
-        distance = surface_distance(mesh, vertices)
-        inside = inside_mesh(mesh, vertices)
-        if inside.any() and distance[inside].max() > c.keep_depth_m:
-            return False
-        touching = [float(distance[index].min()) <= c.keep_contact_m for index in self.pads]
-        if not touching[0] or sum(touching[1:]) < 2:
-            return False
-        tips = joints[self.tip_joints.numpy()]
-        gaps = np.linalg.norm(tips[:, None] - tips[None], axis=-1) + np.eye(len(tips))
-        return bool(gaps.min() >= c.keep_tip_gap_m)
+        count, per_hand = vertices.shape[:2]
+        flat = vertices.reshape(-1, 3)
+        distance = surface_distance(mesh, flat).reshape(count, per_hand)
+        inside = inside_mesh(mesh, flat).reshape(count, per_hand)
+        depth_ok = np.where(inside, distance, 0.0).max(axis=1) <= c.keep_depth_m
+        touching = np.stack([distance[:, index.numpy()].min(axis=1) <= c.keep_contact_m for index in self.pads], 1)
+        contact_ok = touching[:, 0] & (touching[:, 1:].sum(axis=1) >= 2)
+        tips = joints[:, self.tip_joints.numpy()]
+        gaps = np.linalg.norm(tips[:, :, None] - tips[:, None], axis=-1) + np.eye(tips.shape[1])
+        return depth_ok & contact_ok & (gaps.min(axis=(1, 2)) >= c.keep_tip_gap_m)
 
-    def synthesise(self, meshes: list[trimesh.Trimesh], per_object: int, seed: int) -> list[list[np.ndarray]]:
-        """Objects -> per object, the kept grasps as (21,3) mano keypoints (metres, object frame)."""
+    def synthesise(self, meshes: list[trimesh.Trimesh], per_object: int, seed: int) -> list[dict[str, np.ndarray]]:
+        """Objects -> per object, its kept grasps: angles (K,D) degrees, rotation (K,3,3), translation (K,3) m
+        and keypoints (K,21,3) (mano, metres, object frame)."""
         result = self.optimise(meshes, per_object, seed)
         with torch.no_grad():
-            vertices, joints = self.skinned(result["pose"], result["rotation"], result["translation"])
-        chosen = [
-            hand for hand in range(len(vertices))
-            if self.keep(meshes[hand // per_object], vertices[hand].double().numpy(), joints[hand].double().numpy())
-        ]
-        kept: list[list[np.ndarray]] = [[] for _ in meshes]
-        if chosen:
-            index = torch.as_tensor(chosen)
-            with torch.no_grad():
-                posed = self.hand.pose(result["pose"][index], global_rotation=result["rotation"][index],
-                                       translation=result["translation"][index])
-            for row, hand in enumerate(chosen):
-                kept[hand // per_object].append(posed.keypoints[row].numpy())
-        return kept
+            vertices, joints = self.skinned(result["raw"], result["rotation"], result["translation"])
+            angles = angles_from_raw(result["raw"])
+            keypoints = self.skeleton.keypoints(angles, result["rotation"], result["translation"])
+        vertices, joints = (x.double().numpy().reshape(len(meshes), per_object, *x.shape[1:]) for x in (vertices, joints))
+        kept = np.concatenate([self.keep(mesh, v, j) for mesh, v, j in zip(meshes, vertices, joints, strict=True)])
+        chosen = np.flatnonzero(kept)
+        pose = {"angles": angles, "rotation": result["rotation"], "translation": result["translation"],
+                "keypoints": keypoints}
+        return [{name: value[chosen[chosen // per_object == row]].numpy() for name, value in pose.items()}
+                for row in range(len(meshes))]
 
 
 def synthesise_dataset(out: Path, objects: int, per_object: int, batch_objects: int, config: SynthesisConfig,
@@ -295,8 +240,8 @@ def synthesise_dataset(out: Path, objects: int, per_object: int, batch_objects: 
         meshes = [mesh for mesh, _ in made]
         kept = synthesizer.synthesise(meshes, per_object, seed=seed * 1_000_003 + indices[0])
         points = [object_points(mesh, basis, seed=index) for mesh, index in zip(meshes, indices, strict=True)]
-        keypoints = [k for grasps in kept for k in grasps]
-        owner = [row for row, grasps in enumerate(kept) for _ in grasps]
+        owner = [row for row, grasps in enumerate(kept) for _ in grasps["keypoints"]]
+        pose = {name: np.concatenate([grasps[name] for grasps in kept]).astype(np.float32) for name in kept[0]}
         np.savez_compressed(
             shard.with_suffix(".part.npz"),
             object_index=np.array(indices), object_kind=np.array([kind for _, kind in made]),
@@ -304,14 +249,13 @@ def synthesise_dataset(out: Path, objects: int, per_object: int, batch_objects: 
             bps=np.stack([p.bps for p in points]).astype(np.float32),
             surface=np.stack([p.surface for p in points]).astype(np.float32),
             interior=np.stack([p.interior for p in points]).astype(np.float32),
-            keypoints=np.array(keypoints, dtype=np.float32).reshape(-1, 21, 3),
-            grasp_object=np.array(owner, dtype=np.int64),
+            **pose, grasp_object=np.array(owner, dtype=np.int64),
             attempts=np.array(len(indices) * per_object), seconds=np.array(time.perf_counter() - started),
         )
         shard.with_suffix(".part.npz").replace(shard)
         elapsed = time.perf_counter() - started
-        print(f"{shard.name}: {len(keypoints)}/{len(indices) * per_object} kept in {elapsed:.1f} s "
-              f"({len(keypoints) / elapsed:.2f} grasps/s)", flush=True)
+        print(f"{shard.name}: {len(owner)}/{len(indices) * per_object} kept in {elapsed:.1f} s "
+              f"({len(owner) / elapsed:.2f} grasps/s)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

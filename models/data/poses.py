@@ -1,9 +1,8 @@
 """Random, anatomically plausible hand poses for the WebXR hand skeleton.
 
-A pose is per-joint local rotations (axis-angle in each joint's frame), per-joint bone-length
-factors, a hand scale and a rigid placement. Joint frames follow WebXR: the bone runs along local
--z, +y points out of the back of the hand, so flexion is a negative rotation about local x and a
-positive rotation about local y moves a finger towards the thumb.
+A pose is a point of the anatomical pose space (``models.hand_pose``: joint angles inside hard
+limits, no twist or sideways bend at PIP and DIP), per-joint bone-length factors, a hand scale and a
+rigid placement. The angles become per-joint local rotations for the rigged hand.
 
 Poses come from a mixture of families (open, relaxed, pointing, pinching, grasp-like, fist, free)
 so that both everyday shapes and the corners of the joint limits are covered. Train and evaluation
@@ -17,27 +16,22 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .rigged_hand import PosedHand, RiggedHand, axis_angle_to_matrix
+from ..hand_pose import DOF_NAMES, clip_angles
+from .rigged_hand import PosedHand, RiggedHand
 
 FINGERS = ("index", "middle", "ring", "pinky")
 FAMILIES = ("open", "relaxed", "pointing", "pinching", "grasp", "fist", "free")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
-# Radians. Curl c in [0, 1] drives MCP, PIP and DIP flexion together (DIP follows PIP).
-MCP_FLEX = (-0.35, 1.6)
-PIP_FLEX = (0.0, 1.85)
-DIP_FLEX = (-0.15, 1.35)
-# Abduction at full spread (towards the thumb is positive), and the per-finger range.
+# Radians. Curl c in [0, 1] drives MCP, PIP and DIP flexion together (DIP follows PIP); the hard
+# limits are those of the pose space, these are only the family shapes.
+MCP_PER_CURL, PIP_PER_CURL, DIP_PER_PIP = 1.45, 1.75, 0.7
+# Abduction at full spread (towards the thumb is positive).
 SPREAD = {"index": 0.3, "middle": 0.05, "ring": -0.2, "pinky": -0.4}
-ABDUCTION = {"index": (-0.25, 0.45), "middle": (-0.25, 0.25), "ring": (-0.35, 0.2), "pinky": (-0.55, 0.2)}
-# Metacarpal flexion cups the palm (ring and pinky move most).
-CUP = {"index": 0.02, "middle": 0.03, "ring": 0.12, "pinky": 0.22}
-# Thumb: CMC flexion / abduction / axial rotation, MCP and IP flexion.
-THUMB_CMC_FLEX = (-0.35, 1.0)
-THUMB_CMC_ABDUCTION = (-0.45, 0.6)
-THUMB_CMC_TWIST = (-0.3, 0.7)
-THUMB_MCP_FLEX = (-0.2, 0.95)
-THUMB_IP_FLEX = (-0.35, 1.3)
+# Palm arch (degrees) at full curl of the ring and pinky fingers.
+ARCH_PER_CURL = 9.0
+# Thumb ranges of the "free" family: CMC flexion / abduction / axial rotation, MCP and IP flexion.
+THUMB_FREE = ((-0.35, 1.0), (-0.45, 0.6), (-0.3, 0.7), (-0.2, 0.95), (-0.35, 1.3))
 
 
 @dataclass(frozen=True)
@@ -130,44 +124,28 @@ def _family_curls(rng: np.random.Generator, family: str) -> tuple[np.ndarray, fl
         return curls, u(-0.3, 0.1), thumb
     if family == "free":
         curls = u(-0.2, 1.05, 4)
-        lows, highs = zip(
-            THUMB_CMC_FLEX, THUMB_CMC_ABDUCTION, THUMB_CMC_TWIST, THUMB_MCP_FLEX, THUMB_IP_FLEX, strict=True
-        )
+        lows, highs = zip(*THUMB_FREE, strict=True)
         return curls, u(-0.3, 1.0), u(np.array(lows), np.array(highs))
     raise ValueError(f"family: unknown pose family {family!r}; expected one of {FAMILIES}")
 
 
-def _pose_angles(rng: np.random.Generator, family: str, names: list[str], noise: float) -> np.ndarray:
-    """-> (J,3) axis-angle local rotations of one hand of the given family."""
+def _pose_angles(rng: np.random.Generator, family: str, noise: float) -> np.ndarray:
+    """-> (D,) pose-space angles of one hand of the given family, degrees (not yet clipped to the limits)."""
     curls, spread, thumb = _family_curls(rng, family)
-    angles = np.zeros((len(names), 3))
+    angles: dict[str, float] = {}
     jitter = lambda: rng.normal(0.0, noise)  # noqa: E731
-
-    def flex(joint: str, value: float, limits: tuple[float, float]) -> None:
-        angles[names.index(joint), 0] = -np.clip(value + jitter(), *limits)
-
     for finger, curl in zip(FINGERS, curls, strict=True):
-        prefix = f"{finger}-finger-"
-        mcp = prefix + "phalanx-proximal"
-        flex(mcp, curl * 1.45, MCP_FLEX)
-        pip_angle = np.clip(curl * 1.75 + jitter(), *PIP_FLEX)
-        flex(prefix + "phalanx-intermediate", pip_angle, PIP_FLEX)
-        flex(prefix + "phalanx-distal", 0.7 * pip_angle, DIP_FLEX)
+        pip = curl * PIP_PER_CURL + jitter()
         # Spread fades as the finger curls (abduction is small in a fist).
         abduction = spread * SPREAD[finger] * (1.0 - 0.6 * np.clip(curl, 0.0, 1.0)) + jitter()
-        angles[names.index(mcp), 1] = np.clip(abduction, *ABDUCTION[finger])
-        angles[names.index(mcp), 2] = rng.normal(0.0, noise / 2)
-        flex(prefix + "metacarpal", CUP[finger] * np.clip(curl + 0.3, 0.0, 1.3), (0.0, 0.35))
-    cmc_flex, cmc_abduction, cmc_twist, mcp_flex, ip_flex = thumb
-    cmc = names.index("thumb-metacarpal")
-    angles[cmc] = [
-        -np.clip(cmc_flex + jitter(), *THUMB_CMC_FLEX),
-        np.clip(cmc_abduction + jitter(), *THUMB_CMC_ABDUCTION),
-        np.clip(cmc_twist + jitter(), *THUMB_CMC_TWIST),
-    ]
-    flex("thumb-phalanx-proximal", mcp_flex, THUMB_MCP_FLEX)
-    flex("thumb-phalanx-distal", ip_flex, THUMB_IP_FLEX)
-    return angles
+        angles |= {f"{finger}_mcp_flexion": curl * MCP_PER_CURL + jitter(), f"{finger}_pip_flexion": pip,
+                   f"{finger}_dip_flexion": DIP_PER_PIP * pip + jitter(), f"{finger}_mcp_spread": abduction}
+    thumb_names = ("thumb_cmc_flexion", "thumb_cmc_abduction", "thumb_cmc_rotation", "thumb_mcp_flexion",
+                   "thumb_ip_flexion")
+    angles |= {name: value + jitter() for name, value in zip(thumb_names, thumb, strict=True)}
+    degrees = np.degrees([angles.get(name, 0.0) for name in DOF_NAMES])
+    degrees[DOF_NAMES.index("palm_arch")] = ARCH_PER_CURL * np.clip(np.mean(curls[2:]) + 0.3, 0.0, 1.3)
+    return degrees
 
 
 def _bone_scales(rng: np.random.Generator, hand: RiggedHand, config: PoseSamplerConfig) -> np.ndarray:
@@ -195,12 +173,12 @@ def sample_poses(
     config = config or PoseSamplerConfig()
     weights = np.asarray(config.family_weights, dtype=np.float64)
     families = [str(f) for f in rng.choice(config.families, size=count, p=weights / weights.sum())]
-    names = hand.joint_names
-    angles = np.stack([_pose_angles(rng, family, names, config.joint_noise) for family in families])
+    angles = clip_angles(torch.as_tensor(
+        np.stack([_pose_angles(rng, family, config.joint_noise) for family in families]), dtype=torch.float32))
     bones = np.stack([_bone_scales(rng, hand, config) for _ in range(count)])
     as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
     return PoseBatch(
-        local_rotations=axis_angle_to_matrix(as_tensor(angles)),
+        local_rotations=hand.skeleton.local_rotations(angles),
         bone_scales=as_tensor(bones),
         global_rotation=as_tensor(_random_rotations(rng, count)),
         translation=as_tensor(rng.uniform(-config.translation_m, config.translation_m, (count, 3))),

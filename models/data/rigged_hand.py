@@ -10,6 +10,7 @@ Frames: the asset's bind pose is in its own scene frame, metres. Posed outputs a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 import pygltflib
 import torch
 
+from ..hand_pose import HandSkeleton, axis_angle_to_matrix
 from ..skeleton import BIOMECH_PARENTS, MANO_TIPS, MANO_TO_BIOMECH, NUM_JOINTS, PART_BONES
 
 _COMPONENT_DTYPES = {5120: np.int8, 5121: np.uint8, 5122: np.int16, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}
@@ -137,18 +139,6 @@ def load_gltf_skin(path: str | Path, joint_map: JointMap = WEBXR_JOINT_MAP) -> S
         skin_joints=skin_joints[kept],
         skin_weights=weights / weights.sum(axis=1, keepdims=True),
     )
-
-
-def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
-    """(...,3) axis * angle, radians -> (...,3,3) rotation matrices (Rodrigues, safe at zero)."""
-    angle = axis_angle.norm(dim=-1, keepdim=True)
-    axis = axis_angle / angle.clamp_min(1e-12)
-    x, y, z = axis.unbind(-1)
-    zero = torch.zeros_like(x)
-    skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*axis.shape[:-1], 3, 3)
-    sin, cos = torch.sin(angle)[..., None], torch.cos(angle)[..., None]
-    eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device)
-    return eye + sin * skew + (1.0 - cos) * (skew @ skew)
 
 
 def ray_exit(
@@ -304,6 +294,15 @@ class RiggedHand:
         tips, distal = joints[:, self.tip_index], joints[:, self.tip_parent_index]
         keypoints[:, MANO_TIPS] = ray_exit(vertices, self.faces, tips, tips - distal)
         return PosedHand(vertices=vertices, joints=joints, keypoints=keypoints)
+
+    @functools.cached_property
+    def skeleton(self) -> HandSkeleton:
+        """The rest skeleton for ``hand_pose`` forward kinematics; fingertip keypoints as in ``pose`` at rest."""
+        rest = self.pose(self.rest_rotations(1))
+        tips = rest.joints[0, self.tip_index]
+        extension = (rest.keypoints[0, MANO_TIPS] - tips).norm(dim=-1)
+        return HandSkeleton(list(self.joint_names), torch.as_tensor(self.parents), self.rest_local.clone(),
+                            self.mano_index.clone(), extension)
 
     def rest_rotations(self, batch: int = 1) -> torch.Tensor:
         """-> (B,J,3,3) identity local rotations (the bind pose)."""

@@ -12,15 +12,28 @@ import trimesh
 
 from ..api import CHECKPOINT_DIR, HaloBase, load_base, resolve_device
 from ..canonical import KeypointError, validate_keypoints
+from ..hand_pose import neutral_angles
 from . import hand_object
-from .metrics import grasp_metrics
+from .hand_proxy import HandProxy, fit_proxy
+from .metrics import grasp_metrics_many
 from .model import GraspVAE, load_vae_weights
-from .object_input import ObjectError, ObjectPoints, bps_basis, object_points, validate_object
+from .object_input import (
+    ObjectError,
+    ObjectGrids,
+    ObjectPoints,
+    bps_basis,
+    object_grids,
+    object_points,
+    validate_object,
+)
 
 SHIPPED_VAE = CHECKPOINT_DIR / "halo_vae.safetensors"
 MAX_SAMPLES = 64
 REDRAWS = 3  # attempts to replace samples that are not valid hand skeletons
 REDRAW_SEED_STEP = 7919
+PROXY_FIT_RESOLUTION = 128
+SDF_GRID = 32  # samples per side of the object's distance grid that refinement reads
+SDF_MARGIN_M = 0.03
 
 
 def is_valid_hand(keypoints: np.ndarray) -> bool:
@@ -55,8 +68,19 @@ class HaloVAE:
         self.device = base.device
         config = model.config
         self.basis = bps_basis(config.bps_points, config.bps_radius_m, config.bps_seed)
+        self.skeleton = model.skeleton
         for parameter in base.decoder.parameters():
             parameter.requires_grad_(False)
+        self.proxy = self._fit_proxy()
+
+    def _fit_proxy(self) -> HandProxy:
+        """Capsule radii fitted to the base model's surface on an open and a half-closed hand of the skeleton."""
+        angles = neutral_angles(2)
+        angles[0] *= 0.2
+        eye = torch.eye(3).repeat(2, 1, 1)
+        with torch.no_grad():
+            keypoints = self.skeleton.to("cpu").keypoints(angles, eye, torch.zeros(2, 3)).double().numpy()
+        return fit_proxy(keypoints, self.base.mesh(keypoints, resolution=PROXY_FIT_RESOLUTION))
 
     def sample_keypoints(self, object_mesh: trimesh.Trimesh, n: int, seed: int = 0, refine_steps: bool = True,
                          refine_config: hand_object.RefineConfig | None = None) -> np.ndarray:
@@ -66,33 +90,36 @@ class HaloVAE:
         from another latent, so every returned hand can be meshed.
         """
         points = object_points(object_mesh, self.basis, seed=seed)
-        keypoints = self._draw(points, n, seed, refine_steps, refine_config)
+        centred = object_mesh.copy()
+        centred.apply_translation(-points.centre)
+        sdf = object_grids([centred], SDF_GRID, SDF_MARGIN_M) if refine_steps else None
+        keypoints = self._draw(points, sdf, n, seed, refine_steps, refine_config)
         for attempt in range(1, REDRAWS + 1):
             invalid = np.flatnonzero([not is_valid_hand(hand) for hand in keypoints])
             if len(invalid) == 0:
                 break
-            keypoints[invalid] = self._draw(points, len(invalid), seed + attempt * REDRAW_SEED_STEP, refine_steps,
-                                            refine_config)
+            keypoints[invalid] = self._draw(points, sdf, len(invalid), seed + attempt * REDRAW_SEED_STEP,
+                                            refine_steps, refine_config)
         return keypoints + points.centre
 
-    def _draw(self, points: ObjectPoints, n: int, seed: int, refine_steps: bool,
+    def _draw(self, points: ObjectPoints, sdf: ObjectGrids | None, n: int, seed: int, refine_steps: bool,
               refine_config: hand_object.RefineConfig | None) -> np.ndarray:
-        """Object points -> (n,21,3) float64 keypoints in the object's centred frame, from latents of ``seed``."""
+        """Object points and distance grid -> (n,21,3) float64 keypoints in the object's centred frame, from
+        latents of ``seed``."""
         as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
         generator = torch.Generator().manual_seed(seed)
         latent = torch.randn(n, self.model.config.latent, generator=generator).to(self.device)
         with torch.no_grad():
             code = self.model.object_code(as_tensor(points.bps)[None]).expand(n, -1)
-            decoded = self.model.decode(latent, code)
-            lengths = self.model.bone_lengths.expand(n, -1)
-            keypoints = hand_object.from_bones(decoded[:, 0], hand_object.bone_vectors(decoded), lengths)
-        if refine_steps:
-            interior = as_tensor(points.interior)[None].expand(n, -1, -1)
-            surface = as_tensor(points.surface)[None].expand(n, -1, -1)
-            shell = as_tensor(points.shell)[None].expand(n, -1, -1)
-            shell_depth = as_tensor(points.shell_depth)[None].expand(n, -1)
-            keypoints = hand_object.refine(self.base.decoder, keypoints, interior, surface, refine_config,
-                                           shell, shell_depth)
+            pose = self.model.decode(latent, code)
+        if not refine_steps:
+            with torch.no_grad():
+                return self.model.keypoints(pose).double().cpu().numpy()
+        batched = lambda a: as_tensor(a)[None].expand(n, *np.shape(a))  # noqa: E731
+        keypoints = hand_object.refine(
+            self.base.decoder, self.skeleton, self.proxy,
+            hand_object.HandPose(pose.raw, pose.rotation, pose.translation), sdf.to(self.device),
+            batched(points.shell), batched(points.shell_depth), batched(points.surface), refine_config)
         return keypoints.double().cpu().numpy()
 
     def sample(self, object_mesh: trimesh.Trimesh, n: int = 10, seed: int = 0, refine: bool = True,
@@ -106,10 +133,8 @@ class HaloVAE:
         sampled = time.perf_counter()
         meshes = self.base.mesh(keypoints, resolution=resolution)
         meshed = time.perf_counter()
-        grasps = []
-        for joints, mesh in zip(keypoints, meshes, strict=True):
-            metrics = {**grasp_metrics(mesh, obj), "refined": bool(refine)}
-            grasps.append(Grasp(keypoints=joints, mesh=mesh, metrics=metrics))
+        grasps = [Grasp(keypoints=joints, mesh=mesh, metrics={**metrics, "refined": bool(refine)})
+                  for joints, mesh, metrics in zip(keypoints, meshes, grasp_metrics_many(meshes, obj), strict=True)]
         timing = {"sample_s": sampled - started, "mesh_s": meshed - sampled, "metrics_s": time.perf_counter() - meshed}
         for grasp in grasps:
             grasp.metrics["batch_timing"] = timing

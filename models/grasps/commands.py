@@ -40,6 +40,22 @@ def read_object(path: Path) -> trimesh.Trimesh:
     return trimesh.load(str(path), force="mesh", process=False)
 
 
+def read_keypoints(path: Path) -> np.ndarray:
+    """(T,21,3) right-hand mano keypoints from .npy, .json or .pkl (a pickle is code: trusted files only)."""
+    import pickle
+
+    if path.suffix == ".pkl":
+        with path.open("rb") as handle:
+            array = np.asarray(pickle.load(handle), dtype=np.float64)
+    elif path.suffix == ".json":
+        array = np.asarray(json.loads(path.read_text()), dtype=np.float64)
+    else:
+        array = np.load(path).astype(np.float64)
+    if array.ndim != 3 or array.shape[1:] != (21, 3):
+        raise ValueError(f"real-keypoints: expected (T,21,3) keypoints, got shape {list(array.shape)}")
+    return array
+
+
 def run_grasps(args: argparse.Namespace) -> int:
     """``halo grasps OBJECT -n 10 -o out/``: hand meshes grasp_XX.ply and grasps.json (keypoints, metrics)."""
     obj = read_object(Path(args.object))
@@ -79,13 +95,15 @@ def run_eval(args: argparse.Namespace) -> int:
         indices = [int(i) for i in test.object_index[: args.objects]]
         for row, index in enumerate(test.object_index):
             data_keypoints[int(index)] = test.keypoints[test.owner == row].numpy()
-    result = evaluate_vae(vae, indices, args.samples, args.resolution, data_keypoints, args.seed)
+    real = read_keypoints(Path(args.real_keypoints)) if args.real_keypoints else None
+    result = evaluate_vae(vae, indices, args.samples, args.resolution, data_keypoints, args.seed, real)
     result["vae"] = {"name": vae.card.get("name"), "sha256": vae.card.get("sha256")}
     result["base"] = {"name": vae.base.card.get("name"), "sha256": vae.base.card.get("sha256")}
     result["object_indices"] = indices
     result["refinement"] = asdict(RefineConfig())
     result["eval_command"] = (f"halo eval vae{' --data DATA' if args.data else ''} --objects {args.objects}"
-                              f" --samples {args.samples} --resolution {args.resolution} --seed {args.seed}")
+                              f" --samples {args.samples} --resolution {args.resolution} --seed {args.seed}"
+                              f"{' --real-keypoints KEYPOINTS' if args.real_keypoints else ''}")
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -135,6 +153,8 @@ def add_eval_vae_command(eval_commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default=None, help="grasp data folder (adds the synthesis-data baseline)")
     parser.add_argument("--objects", type=int, default=10, help="number of test objects")
     parser.add_argument("--samples", type=int, default=20, help="grasps per object")
+    parser.add_argument("--real-keypoints", default=None,
+                        help="(T,21,3) real right-hand keypoints (.npy/.json/.pkl): a plausibility sanity row")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--write-card", action="store_true", help="store the results in the VAE's model card")
     parser.add_argument("--preview", default=None, help=f"also render {PREVIEW_GRASPS} grasps on each of the first "

@@ -8,16 +8,23 @@ For B hands (keypoints) and their objects' point sets, all in the object frame (
 * fingertips  = mean distance of the thumb, index and middle fingertip keypoints (which lie on the
                 skin) to the object's surface samples.
 
-Refinement keeps every bone length fixed: keypoints are rebuilt from the wrist position and one
-free direction per bone, and a few Adam steps minimise penetration + contact + fingertip distance + a pull
-to the start. With shell points (object points just under its surface, with their depth) two more
-things aim at the deepest penetration, which the mean occupancy barely sees:
+Refinement (``refine``) moves the hand in the anatomical pose space (``models.hand_pose``): joint
+angles inside their limits, global rotation about the wrist and wrist position; keypoints are forward
+kinematics, so the refined hand keeps its bone lengths and stays a human hand. Its Adam steps run on
+the capsule proxy of the hand surface (``hand_proxy``) against the object's signed-distance grid
+(trilinear), both cheap:
 
-* depth       = mean over shell points of relu(hand logit + margin) x depth (mm): the logit, unlike the
-                occupancy, keeps its gradient deep inside the hand, and deeper points weigh more;
-* back-off    = a last rigid move of the whole hand along the mean outward direction of the shell
-                points still inside it, by the shortest of a few candidate distances that leaves no
-                shell point deeper than ``backoff_target_m`` inside the hand (or the best candidate).
+* penetration = mean over points along the capsule axes of relu(radius + margin - object distance)^2,
+                mm^2: how deep each capsule reaches into the object, the deepest weighing most,
+* contact     = |object distance - radius + contact depth| at the nearest point of the distal capsules
+                of the thumb and of the fingers that start near the object, mm (fingers far from it
+                are left alone: a pinch stays a pinch),
+* self        = overlap of the phalanx capsules of different fingers, mm,
+* stay        = squared change of the joint angles (units of 10 degrees) and of the wrist position (cm).
+
+The HALO occupancy has the last word: ``back_off`` moves the whole hand rigidly along the mean
+outward direction of the shell points still inside it (by the occupancy network), by the shortest of
+a few candidate distances that leaves no shell point deeper than ``backoff_target_m`` inside the hand.
 """
 
 from __future__ import annotations
@@ -29,27 +36,32 @@ import torch
 import torch.nn.functional as F
 
 from ..canonical import MODEL_SCALE, canonicalize, transform_points
-from ..occupancy import OccupancyDecoder
+from ..hand_pose import HandSkeleton, angles_from_raw, axis_angle_to_matrix
+from ..occupancy import HandCode, OccupancyDecoder
+from .hand_proxy import CAPSULES, DISTAL_CAPSULES, FINGER_OF_CAPSULE, HandProxy
+from .object_input import ObjectGrids
 
 # mano fingertips of the thumb, index and middle finger: the grasp data has them on the surface.
 CONTACT_TIPS = (4, 8, 12)
 # Contact asks for a surface point clearly inside the hand (occupancy sigmoid(2) = 0.88), not just at
 # its boundary: the measured contact (hand within 2 mm) then survives the push-out of penetration.
 CONTACT_LOGIT = 2.0
-# mano parent of each joint (the wrist has none).
-MANO_PARENTS = (-1, 0, 1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0, 17, 18, 19)
 
 
-def hand_query(decoder: OccupancyDecoder, keypoints: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """(B,21,3) mano keypoints -> a function of (B,N,3) points (same frame, metres) -> (B,N) occupancy logits.
+def hand_query(decoder: OccupancyDecoder, keypoints: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """(B,21,3) mano keypoints -> a function of (R,N,3) points (same frame, metres) and optionally (R,) hand
+    rows (default: all B) -> (R,N) occupancy logits.
 
     The hand is canonicalised once; the function may then be asked about many point sets.
     """
     canonical = canonicalize(keypoints)
     code = decoder.hand_code(canonical.part_matrices, canonical.bone_lengths)
 
-    def logits(points: torch.Tensor) -> torch.Tensor:
-        return decoder.max_part_logits(transform_points(canonical.normalization_matrix, points) * MODEL_SCALE, code)
+    def logits(points: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        if rows is None:
+            return decoder.max_part_logits(transform_points(canonical.normalization_matrix, points) * MODEL_SCALE, code)
+        model_points = transform_points(canonical.normalization_matrix[rows], points) * MODEL_SCALE
+        return decoder.max_part_logits(model_points, HandCode(code.weight[rows], code.bias[rows]))
 
     return logits
 
@@ -81,97 +93,142 @@ def terms_from_logits(keypoints: torch.Tensor, interior_logits: torch.Tensor, su
                            torch.relu(CONTACT_LOGIT - surface_logits.amax(1)), tip_distance)
 
 
-def bone_vectors(keypoints: torch.Tensor) -> torch.Tensor:
-    """(B,21,3) mano keypoints -> (B,20,3) vectors parent -> joint for joints 1..20."""
-    parents = list(MANO_PARENTS[1:])
-    return keypoints[:, 1:] - keypoints[:, parents]
-
-
-def from_bones(wrist: torch.Tensor, directions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """(B,3) wrist, (B,20,3) bone directions (any length), (B,20) lengths -> (B,21,3) mano keypoints."""
-    steps = F.normalize(directions, dim=-1) * lengths[..., None]
-    joints = [wrist]
-    for joint in range(1, 21):
-        joints.append(joints[MANO_PARENTS[joint]] + steps[:, joint - 1])
-    return torch.stack(joints, dim=1)
-
-
-def depth_penetration(shell_logits: torch.Tensor, shell_depth: torch.Tensor, margin: float) -> torch.Tensor:
-    """(B,H) hand logits at shell points, (B,H) their depth (metres) -> (B,) mean relu(logit + margin) x depth, mm."""
-    return (torch.relu(shell_logits + margin) * shell_depth * 1e3).mean(1)
-
-
 @dataclass
 class RefineConfig:
-    steps: int = 60
-    learning_rate: float = 1e-3
-    points: int = 96  # interior and surface points each
-    shell_points: int = 256
-    w_penetration: float = 80.0
-    w_contact: float = 1.0
-    w_fingertips: float = 30.0  # per metre
-    w_stay: float = 1e3  # per squared metre of mean keypoint displacement
-    w_depth: float = 2.0  # per logit x mm
-    depth_margin: float = 2.0  # logit: shell points count from just outside the hand surface
+    steps: int = 40
+    pose_learning_rate: float = 0.08  # raw angle parameters (about 2 degrees per step at mid-range)
+    rotation_learning_rate: float = 0.01  # radians about the wrist
+    translation_learning_rate: float = 0.001  # metres
+    margin_m: float = 0.001  # capsules count as penetrating from this close to the object surface
+    contact_reach_m: float = 0.02  # fingers whose tip starts farther from the object are not pulled to it
+    w_penetration: float = 1.0  # per mm^2
+    # The distal capsules are pulled to this depth into the object: the proxy is a little fatter than
+    # the meshed hand (its radii are a high quantile), so this is what brings the skin to the surface.
+    contact_depth_m: float = 0.001
+    w_contact: float = 2.0  # per mm of distal-capsule gap
+    w_self: float = 1.0  # per mm of capsule overlap between fingers
+    w_stay: float = 0.05  # per (10 degrees)^2 of joint-angle change and per cm^2 of wrist movement
     backoff_target_m: float = 0.003  # 0: no back-off
     backoff_max_m: float = 0.03
     backoff_candidates: int = 16  # distances grow quadratically: fine steps first
+    backoff_points: int = 256  # shell points nearest the hand that the occupancy network judges
 
 
-def back_off(decoder: OccupancyDecoder, keypoints: torch.Tensor, shell: torch.Tensor, shell_depth: torch.Tensor,
-             surface: torch.Tensor, config: RefineConfig) -> torch.Tensor:
-    """(B,21,3) keypoints, (B,H,3) shell, (B,H) depths, (B,S,3) surface (metres) -> (B,21,3) rigidly moved out."""
-    with torch.no_grad():
-        logits = hand_query(decoder, keypoints)
-        inside = logits(shell) > 0
-        nearest = torch.cdist(shell, surface).argmin(2)
-        outward = F.normalize(torch.gather(surface, 1, nearest[..., None].expand(-1, -1, 3)) - shell, dim=-1)
-        direction = F.normalize((outward * (inside * shell_depth)[..., None]).sum(1), dim=-1)
-        distances = config.backoff_max_m * torch.linspace(0, 1, config.backoff_candidates, dtype=keypoints.dtype) ** 2
-        worst = torch.stack([
-            torch.where(logits(shell - direction[:, None] * distance) > 0,
-                        shell_depth, 0).amax(1)
-            for distance in distances
-        ], dim=1)
-        acceptable = worst <= config.backoff_target_m
-        choice = torch.where(acceptable.any(1), acceptable.float().argmax(1), worst.argmin(1))
-        return keypoints + direction[:, None] * distances[choice][:, None, None]
+@dataclass
+class HandPose:
+    """B hands in the pose space, object-centred frame."""
+
+    raw: torch.Tensor  # (B,D) unbounded angle parameters
+    rotation: torch.Tensor  # (B,3,3)
+    translation: torch.Tensor  # (B,3) wrist position, metres
 
 
-def refine(decoder: OccupancyDecoder, keypoints: torch.Tensor, interior: torch.Tensor, surface: torch.Tensor,
-           config: RefineConfig | None = None, shell: torch.Tensor | None = None,
-           shell_depth: torch.Tensor | None = None) -> torch.Tensor:
-    """(B,21,3) keypoints, (B,I,3), (B,S,3) object points, optional (B,H,3) shell and (B,H) depths (metres)
-    -> (B,21,3) refined keypoints, same bone lengths."""
+def self_overlap(keypoints: torch.Tensor, proxy: HandProxy) -> torch.Tensor:
+    """(B,21,3) keypoints -> (B,) summed overlap (mm) of phalanx capsules of different fingers, on their end points."""
+    phalanges = torch.nonzero(FINGER_OF_CAPSULE >= 0)[:, 0]
+    pairs = CAPSULES[phalanges].to(keypoints.device)
+    ends = torch.cat([keypoints[:, pairs[:, 0]], (keypoints[:, pairs[:, 0]] + keypoints[:, pairs[:, 1]]) / 2,
+                      keypoints[:, pairs[:, 1]]], dim=1)  # (B,3P,3)
+    radius = proxy.radii.to(keypoints)[phalanges].repeat(3)
+    finger = FINGER_OF_CAPSULE[phalanges].repeat(3).to(keypoints.device)
+    gaps = torch.cdist(ends, ends) - (radius[:, None] + radius[None])
+    other = finger[:, None] != finger[None]
+    return (torch.relu(-gaps) * other).sum((1, 2)) * 1e3 / 2
+
+
+def proxy_gaps(keypoints: torch.Tensor, proxy: HandProxy, sdf: ObjectGrids) -> torch.Tensor:
+    """(B,21,3) keypoints, the object's distance grid -> (B,C,A) object distance minus capsule radius along the axes, m."""
+    axes = proxy.axis_points(keypoints)  # (B,C,A,3)
+    distance = sdf(axes.reshape(1, -1, 3)).reshape(axes.shape[:-1])
+    return distance - proxy.radii.to(keypoints)[:, None]
+
+
+def proxy_energy(keypoints: torch.Tensor, proxy: HandProxy, sdf: ObjectGrids, pulled: torch.Tensor,
+                 config: RefineConfig) -> torch.Tensor:
+    """(B,21,3) keypoints, the object's distance grid, (B,5) fingers to pull to the surface -> (B,) energy."""
+    gaps = proxy_gaps(keypoints, proxy, sdf)
+    penetration = (torch.relu(config.margin_m - gaps) * 1e3).pow(2).flatten(1).mean(1)
+    tips = gaps[:, DISTAL_CAPSULES.to(keypoints.device)].amin(-1)
+    contact = ((tips + config.contact_depth_m).abs() * 1e3 * pulled).sum(1)
+    return (config.w_penetration * penetration + config.w_contact * contact
+            + config.w_self * self_overlap(keypoints, proxy))
+
+
+def refine(decoder: OccupancyDecoder, skeleton: HandSkeleton, proxy: HandProxy, pose: HandPose, sdf: ObjectGrids,
+           shell: torch.Tensor, shell_depth: torch.Tensor, surface: torch.Tensor,
+           config: RefineConfig | None = None) -> torch.Tensor:
+    """Poses, the object's distance grid, (B,H,3) shell points, (B,H) their depths, (B,S,3) surface points
+    (metres, object-centred) -> (B,21,3) refined keypoints: proxy steps in the pose space, then the occupancy back-off."""
     config = config or RefineConfig()
-    full_shell, full_surface = shell, surface
-    interior, surface = interior[:, : config.points], surface[:, : config.points]
-    use_depth = shell is not None and config.w_depth > 0
-    if use_depth:
-        shell, shell_depth_used = shell[:, : config.shell_points], shell_depth[:, : config.shell_points]
-    start = keypoints.detach()
-    bones = bone_vectors(start)
-    lengths = bones.norm(dim=-1)
-    wrist = start[:, 0].clone().requires_grad_(True)
-    directions = bones.clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([wrist, directions], lr=config.learning_rate)
-    # One decoder call per step for all point sets: the hand is canonicalised once per step.
-    queries = torch.cat([interior, surface, *([shell] if use_depth else [])], 1)
-    sizes = [interior.shape[1], surface.shape[1], shell.shape[1] if use_depth else 0]
+    start_angles = angles_from_raw(pose.raw).detach()
+    raw = pose.raw.detach().clone().requires_grad_(True)
+    turn = torch.zeros_like(pose.translation, requires_grad=True)
+    translation = pose.translation.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([{"params": [raw], "lr": config.pose_learning_rate},
+                                  {"params": [turn], "lr": config.rotation_learning_rate},
+                                  {"params": [translation], "lr": config.translation_learning_rate}])
+
+    def keypoints_now() -> torch.Tensor:
+        return skeleton.keypoints(angles_from_raw(raw), axis_angle_to_matrix(turn) @ pose.rotation, translation)
+
+    with torch.no_grad():
+        tip_gap = proxy_gaps(keypoints_now(), proxy, sdf)[:, DISTAL_CAPSULES.to(raw.device)].amin(-1)
+        pulled = (tip_gap < config.contact_reach_m).to(raw.dtype)
+        pulled[:, 0] = 1.0  # the thumb always takes part in a grasp
     for _ in range(config.steps):
-        current = from_bones(wrist, directions, lengths)
-        interior_logits, surface_logits, shell_logits = hand_logits(decoder, current, queries).split(sizes, dim=1)
-        terms = terms_from_logits(current, interior_logits, surface_logits, surface)
-        stay = ((current - start) ** 2).sum(-1).mean(1)
-        loss = (config.w_penetration * terms.penetration + config.w_contact * terms.contact
-                + config.w_fingertips * terms.fingertips + config.w_stay * stay)
-        if use_depth:
-            loss = loss + config.w_depth * depth_penetration(shell_logits, shell_depth_used, config.depth_margin)
+        angles = angles_from_raw(raw)
+        current = skeleton.keypoints(angles, axis_angle_to_matrix(turn) @ pose.rotation, translation)
+        stay = ((angles - start_angles) / 10).pow(2).mean(1) + ((translation - pose.translation) * 100).pow(2).sum(1)
         optimiser.zero_grad()
-        loss.sum().backward()
+        (proxy_energy(current, proxy, sdf, pulled, config) + config.w_stay * stay).sum().backward()
         optimiser.step()
     with torch.no_grad():
-        refined = from_bones(wrist, directions, lengths)
-    if full_shell is not None and config.backoff_target_m > 0:
-        refined = back_off(decoder, refined, full_shell, shell_depth, full_surface, config)
+        refined = keypoints_now()
+    if config.backoff_target_m > 0:
+        refined = back_off(decoder, proxy, refined, shell, shell_depth, surface, config)
     return refined
+
+
+def nearest_points(proxy: HandProxy, keypoints: torch.Tensor, points: torch.Tensor, count: int,
+                   *extra: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(B,21,3) keypoints, (B,N,3) points (+ (B,N,...) companions) -> the ``count`` points nearest each hand's proxy."""
+    if points.shape[1] <= count:
+        return (points, *extra)
+    with torch.no_grad():
+        chosen = proxy.signed_distance(keypoints, points).topk(count, dim=1, largest=False).indices
+    gather = lambda x: torch.gather(x, 1, chosen.reshape(*chosen.shape, *[1] * (x.dim() - 2)).expand(  # noqa: E731
+        -1, -1, *x.shape[2:]))
+    return tuple(gather(x) for x in (points, *extra))
+
+
+def back_off(decoder: OccupancyDecoder, proxy: HandProxy, keypoints: torch.Tensor, shell: torch.Tensor,
+             shell_depth: torch.Tensor, surface: torch.Tensor, config: RefineConfig) -> torch.Tensor:
+    """(B,21,3) keypoints, (B,H,3) shell, (B,H) depths, (B,S,3) surface (metres) -> (B,21,3) rigidly moved out.
+
+    The occupancy network judges each candidate distance, nearest first, on the shell points nearest
+    the moved hand's proxy (points far from the proxy are far outside the hand); a hand keeps its first
+    acceptable distance and is not asked about farther ones. Moving the hand by d is asking
+    the unmoved hand about the points moved by -d, so each hand is canonicalised once.
+    """
+    with torch.no_grad():
+        logits = hand_query(decoder, keypoints)
+        near, near_depth = nearest_points(proxy, keypoints, shell, config.backoff_points, shell_depth)
+        inside = logits(near) > 0
+        nearest = torch.cdist(near, surface).argmin(2)
+        outward = F.normalize(torch.gather(surface, 1, nearest[..., None].expand(-1, -1, 3)) - near, dim=-1)
+        direction = F.normalize((outward * (inside * near_depth)[..., None]).sum(1), dim=-1)
+        distances = config.backoff_max_m * torch.linspace(0, 1, config.backoff_candidates, dtype=keypoints.dtype) ** 2
+        choice = torch.full((len(keypoints),), -1, dtype=torch.long, device=keypoints.device)
+        best, best_worst = torch.zeros_like(choice), torch.full_like(distances[:1].expand(len(keypoints)), torch.inf)
+        for index, distance in enumerate(distances):
+            rows = torch.nonzero(choice < 0)[:, 0]
+            if len(rows) == 0:
+                break
+            points, depth = nearest_points(proxy, keypoints[rows], shell[rows] - direction[rows, None] * distance,
+                                           config.backoff_points, shell_depth[rows])
+            worst = torch.where(logits(points, rows) > 0, depth, 0).amax(1)
+            choice[rows[worst <= config.backoff_target_m]] = index
+            better = worst < best_worst[rows]
+            best[rows[better]], best_worst[rows[better]] = index, worst[better]
+        choice = torch.where(choice < 0, best, choice)
+        return keypoints + direction[:, None] * distances[choice][:, None, None]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import trimesh
 
 from ..geometry import inside_mesh
@@ -126,6 +127,44 @@ def object_points(mesh: trimesh.Trimesh, basis: np.ndarray, seed: int = 0) -> Ob
     shell, shell_depth = shell_samples(centred, SHELL_POINTS, rng)
     return ObjectPoints(centre=centre, bps=surface_distance(centred, basis), surface=np.asarray(surface),
                         interior=interior, shell=shell, shell_depth=shell_depth)
+
+
+@dataclass
+class ObjectGrids:
+    """Signed distance of O objects on regular grids (negative inside), for trilinear lookup."""
+
+    sdf: torch.Tensor  # (O,1,G,G,G) metres, indexed [z, y, x] as grid_sample expects
+    low: torch.Tensor  # (O,3) grid corner, metres
+    high: torch.Tensor  # (O,3) opposite corner, metres
+
+    def to(self, device: torch.device | str) -> ObjectGrids:
+        """The same grids on ``device``."""
+        return ObjectGrids(self.sdf.to(device), self.low.to(device), self.high.to(device))
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        """(O,N,3) points, metres -> (O,N) signed distance, metres (plus the distance to the grid outside it)."""
+        low, high = self.low[:, None], self.high[:, None]
+        inside = torch.minimum(torch.maximum(points, low), high)
+        grid = (2 * (inside - low) / (high - low) - 1)[:, :, None, None, :]
+        sampled = F.grid_sample(self.sdf, grid, align_corners=True)[:, 0, :, 0, 0]
+        return sampled + (points - inside).norm(dim=-1)
+
+
+def object_grids(meshes: list[trimesh.Trimesh], size: int, margin: float) -> ObjectGrids:
+    """Meshes (metres) -> ObjectGrids with ``size``^3 samples over each bounding box plus ``margin``."""
+    sdfs, lows, highs = [], [], []
+    for mesh in meshes:
+        low, high = mesh.bounds[0] - margin, mesh.bounds[1] + margin
+        axes = [np.linspace(lo, hi, size) for lo, hi in zip(low, high, strict=True)]
+        zz, yy, xx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
+        points = np.stack([xx, yy, zz], axis=-1).reshape(-1, 3)
+        distance = surface_distance(mesh, points)
+        sign = np.where(inside_mesh(mesh, points), -1.0, 1.0)
+        sdfs.append((sign * distance).reshape(size, size, size))
+        lows.append(low)
+        highs.append(high)
+    as_tensor = lambda a: torch.as_tensor(np.stack(a), dtype=torch.float32)  # noqa: E731
+    return ObjectGrids(as_tensor(sdfs)[:, None], as_tensor(lows), as_tensor(highs))
 
 
 def stack_points(items: list[ObjectPoints]) -> dict[str, torch.Tensor]:

@@ -25,23 +25,29 @@ def _draw(axis: plt.Axes, meshes: list[tuple[trimesh.Trimesh, tuple[float, float
     axis.add_collection3d(Poly3DCollection(np.concatenate(triangles), facecolors=np.concatenate(colours), linewidths=0))
 
 
+VIEWS = ((20.0, 40.0), (-15.0, 220.0))  # (elevation, azimuth) of the two views of each grasp: front and back
+
+
 def render_grasps(rows: list[tuple[str, trimesh.Trimesh, list[trimesh.Trimesh]]], path: str | Path,
                   columns: int = 4) -> None:
-    """Rows of (title, object mesh, hand meshes) -> PNG at ``path``, one panel per hand."""
-    figure = plt.figure(figsize=(3 * columns, 3 * len(rows)))
+    """Rows of (title, object mesh, hand meshes) -> PNG at ``path``: each hand from two opposite sides."""
+    panels = columns * len(VIEWS)
+    figure = plt.figure(figsize=(2.4 * panels, 2.6 * len(rows)))
     for row, (title, obj, hands) in enumerate(rows):
         for column, hand in enumerate(hands[:columns]):
-            axis = figure.add_subplot(len(rows), columns, row * columns + column + 1, projection="3d")
-            _draw(axis, [(obj, (0.45, 0.6, 0.9)), (hand, (0.95, 0.75, 0.6))])
             points = np.concatenate([obj.vertices, hand.vertices])
             centre, half = points.mean(0), np.ptp(points, axis=0).max() / 2
-            for setter, c in zip((axis.set_xlim, axis.set_ylim, axis.set_zlim), centre, strict=True):
-                setter(c - half, c + half)
-            axis.set_box_aspect((1, 1, 1))
-            axis.view_init(elev=20, azim=40 + 90 * column)
-            axis.set_axis_off()
-            if column == 0:
-                axis.set_title(title, fontsize=9)
+            for view, (elevation, azimuth) in enumerate(VIEWS):
+                panel = column * len(VIEWS) + view
+                axis = figure.add_subplot(len(rows), panels, row * panels + panel + 1, projection="3d")
+                _draw(axis, [(obj, (0.45, 0.6, 0.9)), (hand, (0.95, 0.75, 0.6))])
+                for setter, c in zip((axis.set_xlim, axis.set_ylim, axis.set_zlim), centre, strict=True):
+                    setter(c - half, c + half)
+                axis.set_box_aspect((1, 1, 1))
+                axis.view_init(elev=elevation, azim=azimuth + 30 * column)
+                axis.set_axis_off()
+                axis.set_title(f"{title}, grasp {column + 1}" if panel == 0 else f"grasp {column + 1}"
+                               + (" (back)" if view else ""), fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
     plt.close(figure)

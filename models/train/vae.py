@@ -1,10 +1,11 @@
 """Train the HALO-VAE on synthesised grasps (``halo train vae``): resumable, with a progress bar and curves.
 
+The model decodes a pose (angles, rotation, wrist position); keypoints are its forward kinematics.
 Loss per batch (keypoints in metres, reported in cm):
 
-    recon     mean squared keypoint error, cm^2
+    recon     mean squared keypoint error of the forward-kinematics keypoints, cm^2
     kl        KL(q(z | keypoints, object) || N(0, I)), nats, weight ramped up over the first 20 % of steps
-    bones     mean absolute bone-length error, cm
+    angles    mean squared joint-angle error, in units of 10 degrees squared
     halo      (only with a base model) on a sub-batch of decoded hands, through the frozen occupancy:
               penetration (mean occupancy of object interior points) + contact (hinge on the best
               surface logit) + fingertip distance to the surface, as in ``grasps.hand_object``
@@ -25,8 +26,10 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from ..api import load_base
+from ..data.asset import fetch_hand_asset
 from ..data.objects import make_object
-from ..grasps.hand_object import bone_vectors, hand_object_terms
+from ..data.rigged_hand import RiggedHand
+from ..grasps.hand_object import hand_object_terms
 from ..grasps.model import GraspVAE, VAEConfig, kl_divergence, load_vae_weights, save_vae
 from ..grasps.object_input import bps_basis, object_points, stack_points
 from ..occupancy import OccupancyDecoder
@@ -38,7 +41,7 @@ class TrainConfig:
     batch: int = 256
     learning_rate: float = 1e-3
     kl_weight: float = 0.02
-    bone_weight: float = 1.0
+    angle_weight: float = 0.1
     halo_batch: int = 32
     halo_points: int = 128
     w_penetration: float = 20.0
@@ -54,6 +57,9 @@ class GraspData:
     """All shards of a synthesised data set: objects and the grasps that point to them."""
 
     keypoints: torch.Tensor  # (G,21,3) metres, object-centred
+    angles: torch.Tensor  # (G,D) pose-space joint angles, degrees
+    rotation: torch.Tensor  # (G,3,3) hand orientation
+    translation: torch.Tensor  # (G,3) wrist position, metres, object-centred
     owner: torch.Tensor  # (G,) row of the grasp's object
     bps: torch.Tensor  # (O,K) metres
     surface: torch.Tensor  # (O,S,3)
@@ -70,7 +76,8 @@ class GraspData:
         rows[keep] = np.arange(len(keep))
         mask = torch.as_tensor(np.isin(self.owner.numpy(), keep))
         return GraspData(
-            self.keypoints[mask], torch.as_tensor(rows)[self.owner[mask]], self.bps[keep], self.surface[keep],
+            self.keypoints[mask], self.angles[mask], self.rotation[mask], self.translation[mask],
+            torch.as_tensor(rows)[self.owner[mask]], self.bps[keep], self.surface[keep],
             self.interior[keep], self.object_index[keep], self.split[keep], self.attempts, self.seconds,
         )
 
@@ -80,11 +87,15 @@ def load_grasp_data(folder: Path) -> GraspData:
     shards = sorted(folder.glob("shard_*[0-9].npz"))
     if not shards:
         raise FileNotFoundError(f"data: no shard_*.npz files in {folder}; run models.data.grasp_synthesis first")
-    parts: dict[str, list] = {key: [] for key in ("keypoints", "owner", "bps", "surface", "interior", "index", "split")}
+    grasp_keys = ("keypoints", "angles", "rotation", "translation")
+    parts: dict[str, list] = {key: [] for key in (*grasp_keys, "owner", "bps", "surface", "interior", "index", "split")}
     attempts, seconds, objects = 0, 0.0, 0
     for shard in shards:
         with np.load(shard) as data:
-            parts["keypoints"].append(data["keypoints"])
+            if "angles" not in data:
+                raise ValueError(f"data: {shard.name} holds no poses (made before the pose space); re-run the synthesis")
+            for key in grasp_keys:
+                parts[key].append(data[key])
             parts["owner"].append(data["grasp_object"] + objects)
             for key in ("bps", "surface", "interior"):
                 parts[key].append(data[key])
@@ -96,7 +107,7 @@ def load_grasp_data(folder: Path) -> GraspData:
     cat = lambda key: np.concatenate(parts[key])  # noqa: E731
     as_tensor = lambda key: torch.as_tensor(cat(key), dtype=torch.float32)  # noqa: E731
     return GraspData(
-        as_tensor("keypoints"), torch.as_tensor(cat("owner")), as_tensor("bps"), as_tensor("surface"),
+        *(as_tensor(key) for key in grasp_keys), torch.as_tensor(cat("owner")), as_tensor("bps"), as_tensor("surface"),
         as_tensor("interior"), cat("index"), cat("split"), attempts, seconds,
     )
 
@@ -104,8 +115,9 @@ def load_grasp_data(folder: Path) -> GraspData:
 def augment_rotations(data: GraspData, copies: int, basis: np.ndarray, seed: int = 0) -> GraspData:
     """Add ``copies`` randomly rotated versions of every object together with its grasps (BPS recomputed)."""
     rng = np.random.default_rng(seed)
-    keypoints, owner, bps, surface, interior, index, split = [data.keypoints], [data.owner], [data.bps], \
-        [data.surface], [data.interior], [data.object_index], [data.split]
+    keypoints, rotation, translation = [data.keypoints], [data.rotation], [data.translation]
+    owner, bps, surface, interior, index, split = [data.owner], [data.bps], [data.surface], [data.interior], \
+        [data.object_index], [data.split]
     count = len(data.object_index)
     for copy in range(copies):
         rotations = Rotation.random(count, random_state=rng).as_matrix()
@@ -116,15 +128,18 @@ def augment_rotations(data: GraspData, copies: int, basis: np.ndarray, seed: int
             points.append(object_points(mesh, basis, seed=int(object_number) + 7919 * (copy + 1)))
         stacked = stack_points(points)
         grasp_rotation = torch.as_tensor(rotations, dtype=torch.float32)[data.owner]
-        centred = data.keypoints @ grasp_rotation.transpose(1, 2) - stacked["centre"][data.owner][:, None]
-        keypoints.append(centred)
+        shift = stacked["centre"][data.owner]
+        keypoints.append(data.keypoints @ grasp_rotation.transpose(1, 2) - shift[:, None])
+        rotation.append(grasp_rotation @ data.rotation)
+        translation.append((grasp_rotation @ data.translation[..., None])[..., 0] - shift)
         owner.append(data.owner + count * (copy + 1))
         bps.append(stacked["bps"])
         surface.append(stacked["surface"])
         interior.append(stacked["interior"])
         index.append(data.object_index)
         split.append(data.split)
-    return GraspData(torch.cat(keypoints), torch.cat(owner), torch.cat(bps), torch.cat(surface), torch.cat(interior),
+    return GraspData(torch.cat(keypoints), data.angles.repeat(copies + 1, 1), torch.cat(rotation),
+                     torch.cat(translation), torch.cat(owner), torch.cat(bps), torch.cat(surface), torch.cat(interior),
                      np.concatenate(index), np.concatenate(split), data.attempts, data.seconds)
 
 
@@ -133,13 +148,14 @@ def batch_losses(model: GraspVAE, data: GraspData, rows: torch.Tensor, config: T
     """One batch of grasp rows -> dict of scalar losses (``total`` is optimised)."""
     target = data.keypoints[rows]
     owner = data.owner[rows]
-    recon, mean, log_variance = model(target, data.bps[owner])
+    pose, mean, log_variance = model(target, data.bps[owner])
+    recon = model.keypoints(pose)
     losses = {
         "recon": ((recon - target) * 100).pow(2).sum(-1).mean(),
         "kl": kl_divergence(mean, log_variance).mean(),
-        "bones": ((bone_vectors(recon).norm(dim=-1) - bone_vectors(target).norm(dim=-1)).abs() * 100).mean(),
+        "angles": ((pose.angles - data.angles[rows]) / 10).pow(2).mean(),
     }
-    total = losses["recon"] + config.kl_weight * kl_scale * losses["kl"] + config.bone_weight * losses["bones"]
+    total = losses["recon"] + config.kl_weight * kl_scale * losses["kl"] + config.angle_weight * losses["angles"]
     if decoder is not None:
         sub, points = slice(0, config.halo_batch), slice(0, config.halo_points)
         terms = hand_object_terms(decoder, recon[sub], data.interior[owner[sub], points], data.surface[owner[sub], points])
@@ -175,7 +191,7 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
 
 def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, base_path: Path | None,
               vae_config: VAEConfig | None = None, checkpoint_every: int = 250, command: str = "",
-              init: Path | None = None) -> dict:
+              init: Path | None = None, hand_asset: Path | None = None) -> dict:
     """Train (resuming from ``run_dir/state.pt``, else starting from ``init`` weights if given), write curves
     and the final safetensors + card to ``out``."""
     torch.manual_seed(config.seed)
@@ -185,7 +201,7 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
         model, init_card = load_vae_weights(init)
         model.train()
     else:
-        model = GraspVAE(vae_config)
+        model = GraspVAE(vae_config, RiggedHand.from_gltf(hand_asset or fetch_hand_asset()).skeleton)
     vae_config = model.config
     synthesis = json.loads((data_dir / "config.json").read_text())
     if (synthesis["bps_points"], synthesis["bps_radius_m"]) != (vae_config.bps_points, vae_config.bps_radius_m):
@@ -193,8 +209,6 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
     basis = bps_basis(vae_config.bps_points, vae_config.bps_radius_m, vae_config.bps_seed)
     train, val = data.subset("train"), data.subset("val")
     train = augment_rotations(train, config.rotations, basis, config.seed)
-    if init is None:
-        model.bone_lengths.copy_(bone_vectors(train.keypoints).norm(dim=-1).mean(0))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     base = load_base(base_path) if base_path is not None else None
     decoder = base.decoder.requires_grad_(False) if base is not None else None
