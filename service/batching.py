@@ -1,8 +1,8 @@
 """Dynamic batcher: one execution lane with a bounded queue, a few compute threads, batches formed by key.
 
 The engine runs one batcher per lane (meshes and occupancy; grasps), so a lane's long jobs never
-hold another lane's queue or workers. Requests put work items on the queue (all of a request's items or none: a full queue refuses the
-whole request). When a compute worker is free, a single scheduler task takes the oldest live item,
+hold another lane's queue or workers. Requests put work items on the queue (all of a request's items
+or none: a full queue refuses the whole request). When a compute worker is free, a single scheduler task takes the oldest live item,
 waits up to ``max_delay_s`` for more items with the same key (for meshes: the resolution) until
 ``max_batch_size``, and runs the batch's function in a compute thread, so the event loop never does
 model work. With several workers, batches run side by side. Items whose caller went away (future
@@ -10,7 +10,7 @@ cancelled) or whose deadline passed are dropped before compute. If a batch raise
 retried one by one so a single failure never fails its batch-mates.
 
 A lane's worker threads can run at a lower CPU priority (``nice``): on Linux each thread has its
-own nice value, so the OS gives a busier lane's threads the cores first when both lanes compete.
+own nice value, so when both lanes compete for a core the OS gives it to the other lane first.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class Batcher:
 
     def start(self) -> None:
         """Start the scheduler task on the running event loop."""
-        self._task = asyncio.get_running_loop().create_task(self._schedule(), name="halo-batcher")
+        self._task = asyncio.get_running_loop().create_task(self._schedule(), name=f"halo-{self.lane}-batcher")
 
     async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` in one of the lane's threads, outside the queue (start-up, warm-up)."""

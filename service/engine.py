@@ -6,8 +6,8 @@ batch), routes the work to its lane and records model-side metrics. Two lanes, e
 its own queue, workers and limits: ``mesh`` (meshes and occupancy queries, batched across requests)
 and ``grasps`` (grasp sampling, including the meshing of the sampled hands). A full grasp lane
 refuses grasps while meshes keep flowing, and on CPU the grasp threads run at a lower priority so
-the OS gives the cores to meshes first. Models that are
-missing are reported by ``describe`` and make their endpoints raise ``ModelUnavailableError``.
+the OS gives the cores to meshes first. Models that are missing are reported by ``describe`` and
+make their endpoints raise ``ModelUnavailableError``.
 """
 
 from __future__ import annotations
