@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     # CPU, and on a GPU a second job would only queue for the same device.
     grasp_workers: int = Field(1, ge=1, le=16, description="Grasp jobs computed side by side (threads).")
     max_grasp_queue: int = Field(
-        4, ge=1, description="Grasp jobs (requests; one per grasp when streamed) allowed to wait; beyond that: 503."
+        4, ge=1, description="Grasp jobs allowed to wait (a request is one; a stream queues one grasp at a time)."
     )
     grasp_nice: int = Field(
         10,
