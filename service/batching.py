@@ -1,18 +1,26 @@
-"""Dynamic batcher: one bounded queue, a few compute threads, batches formed by key.
+"""Dynamic batcher: one execution lane with a bounded queue, a few compute threads, batches formed by key.
 
-Requests put work items on the queue (all of a request's items or none: a full queue refuses the
-whole request). When a compute worker is free, a single scheduler task takes the oldest live item,
+The engine runs one batcher per lane (meshes and occupancy; grasps), so a lane's long jobs never
+hold another lane's queue or workers. Requests put work items on the queue (all of a request's items
+or none: a full queue refuses the whole request). When a compute worker is free, a single scheduler task takes the oldest live item,
 waits up to ``max_delay_s`` for more items with the same key (for meshes: the resolution) until
 ``max_batch_size``, and runs the batch's function in a compute thread, so the event loop never does
 model work. With several workers, batches run side by side. Items whose caller went away (future
 cancelled) or whose deadline passed are dropped before compute. If a batch raises, its items are
 retried one by one so a single failure never fails its batch-mates.
+
+A lane's worker threads can run at a lower CPU priority (``nice``): on Linux each thread has its
+own nice value, so when both lanes compete for a core the OS gives it to the other lane first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.metrics import Metrics
+
+log = logging.getLogger("halo.batching")
 
 BatchFn = Callable[[Sequence[Any]], Sequence[Any]]
 
@@ -42,13 +52,33 @@ class _Item:
     enqueued: float = field(default_factory=time.monotonic)
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux gives every thread its own; elsewhere a no-op)."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    thread_id = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread_id, os.getpriority(os.PRIO_PROCESS, thread_id) + nice)
+    except OSError as error:
+        log.warning("could not lower a worker thread's priority", extra={"reason": str(error)})
+
+
 class Batcher:
-    """Groups queued work items by key into batches run one at a time off the event loop."""
+    """One lane: groups queued work items by key into batches run off the event loop by ``workers`` threads."""
 
     def __init__(
-        self, metrics: Metrics, *, max_batch_size: int, max_delay_s: float, max_queue_size: int, workers: int = 1
+        self,
+        metrics: Metrics,
+        *,
+        lane: str,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue_size: int,
+        workers: int = 1,
+        nice: int = 0,
     ):
         self.metrics = metrics
+        self.lane = lane
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_size = max_queue_size
@@ -56,17 +86,23 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="halo-compute")
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix=f"halo-{lane}",
+            initializer=lower_thread_priority,
+            initargs=(nice,),
+        )
         self._free_workers = asyncio.Semaphore(workers)
+        metrics.lane_workers.labels(lane).set(workers)
         self._computing: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         """Start the scheduler task on the running event loop."""
-        self._task = asyncio.get_running_loop().create_task(self._schedule(), name="halo-batcher")
+        self._task = asyncio.get_running_loop().create_task(self._schedule(), name=f"halo-{self.lane}-batcher")
 
     async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` in the compute thread, outside the queue (start-up, warm-up)."""
+        """Run ``fn(*args)`` in one of the lane's threads, outside the queue (start-up, warm-up)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def submit(self, payloads: Sequence[Any], key: Hashable, run: BatchFn, deadline: float) -> list[Any]:
@@ -76,8 +112,10 @@ class Batcher:
         cannot take every payload, DeadlineExceededError if the deadline passes while queued.
         """
         if len(self._queue) + len(payloads) > self.max_queue_size:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise QueueFullError(f"queue full ({len(self._queue)} of {self.max_queue_size} hands waiting)")
+            self.metrics.reject(self.lane, "queue_full")
+            raise QueueFullError(
+                f"queue full: the {self.lane} lane has {len(self._queue)} of {self.max_queue_size} items waiting"
+            )
         loop = asyncio.get_running_loop()
         items = [_Item(p, key, run, loop.create_future(), deadline) for p in payloads]
         self._queue.extend(items)
@@ -116,7 +154,7 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     def _changed(self) -> None:
-        self.metrics.queue_depth.set(len(self._queue))
+        self.metrics.set_lane_depth(self.lane, len(self._queue))
         if not self._queue:
             self._arrived.clear()
 
@@ -176,7 +214,15 @@ class Batcher:
     async def _compute(self, batch: list[_Item]) -> None:
         started = time.monotonic()
         for item in batch:
-            self.metrics.queue_wait.observe(started - item.enqueued)
+            self.metrics.observe_queue_wait(self.lane, started - item.enqueued)
+        busy = self.metrics.lane_busy_workers.labels(self.lane)
+        busy.inc()
+        try:
+            await self._compute_batch(batch)
+        finally:
+            busy.dec()
+
+    async def _compute_batch(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         run = batch[0].run
         try:

@@ -150,11 +150,14 @@ class RestClient(_Closing):
         num_samples: int | None = None,
         seed: int = 0,
         refine: bool = True,
+        resolution: int | None = None,
     ) -> list[GraspResult]:
-        """Object mesh (or a mesh file to upload) -> sampled grasps."""
+        """Object mesh (or a mesh file to upload) -> sampled grasps (hand meshes at ``resolution``)."""
         params = {"seed": seed, "refine": refine}
         if num_samples is not None:
             params["num_samples"] = num_samples
+        if resolution is not None:
+            params["resolution"] = resolution
         if isinstance(obj, str | Path):
             path = Path(obj)
             form = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in params.items()}
@@ -259,6 +262,7 @@ class GrpcClient(_Closing):
         seed: int = 0,
         refine: bool = True,
         stream: bool = False,
+        resolution: int | None = None,
     ) -> list[GraspResult]:
         """Object mesh (or mesh file, read locally) -> sampled grasps; ``stream`` uses StreamGrasps."""
         mesh = (
@@ -272,6 +276,7 @@ class GrpcClient(_Closing):
             num_samples=num_samples,
             seed=seed,
             refine=refine,
+            resolution=resolution or 0,
         )
         try:
             if stream:

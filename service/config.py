@@ -37,10 +37,24 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(
         10.0, ge=0, description="How long the first hand of a batch waits for batch-mates."
     )
-    max_queue_size: int = Field(64, ge=1, description="Hands allowed to wait; beyond that: 503.")
+    max_queue_size: int = Field(
+        64, ge=1, description="Hands and occupancy queries allowed to wait in the mesh lane; beyond that: 503."
+    )
     # Two single-threaded workers beat one two-threaded worker on CPU: batches overlap, and no OpenMP
     # thread waits for a sibling that the OS has descheduled (10x slower on a busy 2-core machine).
-    compute_workers: int = Field(2, ge=1, le=16, description="Batches computed side by side (threads).")
+    mesh_workers: int = Field(2, ge=1, le=16, description="Mesh-lane batches computed side by side (threads).")
+    # Grasp jobs take seconds each: one at a time leaves the second core to the mesh lane on a 2-core
+    # CPU, and on a GPU a second job would only queue for the same device.
+    grasp_workers: int = Field(1, ge=1, le=16, description="Grasp jobs computed side by side (threads).")
+    max_grasp_queue: int = Field(
+        4, ge=1, description="Grasp jobs allowed to wait (a request is one; a stream queues one grasp at a time)."
+    )
+    grasp_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How much lower the grasp lane's CPU priority is than the mesh lane's (Linux nice steps; 0: equal).",
+    )
     torch_threads: int = Field(1, ge=0, description="PyTorch intra-op threads (0: PyTorch's default).")
     request_timeout_s: float = Field(120.0, gt=0, description="Deadline for a request without its own.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")

@@ -1,13 +1,18 @@
-"""The engine: owns the loaded models and the batcher; the async API both front ends call.
+"""The engine: owns the loaded models and the execution lanes; the async API both front ends call.
 
 Front ends parse their wire format into numpy arrays and call ``mesh``, ``occupancy`` or
 ``grasps``; the engine validates every input before it is queued (so a bad hand never reaches a
-batch), routes the work through the one batcher, and records model-side metrics. Models that are
-missing are reported by ``describe`` and make their endpoints raise ``ModelUnavailableError``.
+batch), routes the work to its lane and records model-side metrics. Two lanes, each a batcher with
+its own queue, workers and limits: ``mesh`` (meshes and occupancy queries, batched across requests)
+and ``grasps`` (grasp sampling, including the meshing of the sampled hands). A full grasp lane
+refuses grasps while meshes keep flowing, and on CPU the grasp threads run at a lower priority so
+the OS gives the cores to meshes first. Models that are missing are reported by ``describe`` and
+make their endpoints raise ``ModelUnavailableError``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -31,6 +36,10 @@ log = logging.getLogger("halo.engine")
 
 # The hand meshed once at start-up so the first request does not pay for lazy initialisation.
 SAMPLE_KEYPOINTS = Path(models.__file__).resolve().parent / "assets" / "sample_keypoints.json"
+
+
+# Which lane serves each model endpoint.
+LANE_OF_ENDPOINT = {"mesh": "mesh", "occupancy": "mesh", "grasps": "grasps"}
 
 
 class ModelUnavailableError(Exception):
@@ -68,17 +77,28 @@ def parse_hand(keypoints: Any, joint_order: str = "mano", hand: str = "right", f
 
 
 class Engine:
-    """Loaded models + batcher + metrics, shared by the REST and gRPC front ends."""
+    """Loaded models + execution lanes + metrics, shared by the REST and gRPC front ends."""
 
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
         self.metrics = metrics
-        self.batcher = Batcher(
+        self.mesh_lane = Batcher(
             metrics,
+            lane="mesh",
             max_batch_size=settings.max_batch_size,
             max_delay_s=settings.max_queue_delay_ms / 1000.0,
             max_queue_size=settings.max_queue_size,
-            workers=settings.compute_workers,
+            workers=settings.mesh_workers,
+        )
+        # Each grasp job is its own batch (its key is unique), so no batching delay applies.
+        self.grasp_lane = Batcher(
+            metrics,
+            lane="grasps",
+            max_batch_size=1,
+            max_delay_s=0.0,
+            max_queue_size=settings.max_grasp_queue,
+            workers=settings.grasp_workers,
+            nice=settings.grasp_nice,
         )
         self.device = str(models.resolve_device(settings.device))
         self.base: Any = None
@@ -92,13 +112,14 @@ class Engine:
         if self.settings.torch_threads:
             # Process-wide; on a busy CPU, OpenMP threads waiting for each other cost far more than they gain.
             torch.set_num_threads(self.settings.torch_threads)
-        self.batcher.start()
-        await self.batcher.run_blocking(self._load_models)
+        self.mesh_lane.start()
+        self.grasp_lane.start()
+        await self.mesh_lane.run_blocking(self._load_models)
         if self.base is None:
             return
         if self.settings.warmup:
             started = time.perf_counter()
-            await self.batcher.run_blocking(self._warm_up)
+            await self.mesh_lane.run_blocking(self._warm_up)
             log.info("warm-up done", extra={"seconds": round(time.perf_counter() - started, 3)})
         self.ready = True
         self.metrics.ready.set(1)
@@ -183,7 +204,7 @@ class Engine:
         resolution = self.resolution(resolution)
         if not 1 <= len(hands) <= self.settings.max_hands:
             raise InputError(f"hands: between 1 and {self.settings.max_hands} hands per request")
-        return await self.batcher.submit(hands, ("mesh", resolution), self._mesh_batch_fn(resolution), deadline)
+        return await self.mesh_lane.submit(hands, ("mesh", resolution), self._mesh_batch_fn(resolution), deadline)
 
     def _mesh_batch_fn(self, resolution: int):
         def run(hands: Sequence[HandInput]) -> list[trimesh.Trimesh]:
@@ -226,7 +247,7 @@ class Engine:
             self.metrics.points_evaluated.inc(len(job_points))
             return [np.asarray(probs, dtype=np.float64)]
 
-        (probs,) = await self.batcher.submit([(hand, points)], ("occupancy", object()), run, deadline)
+        (probs,) = await self.mesh_lane.submit([(hand, points)], ("occupancy", object()), run, deadline)
         return probs
 
     def grasp_count(self, requested: int | None) -> int:
@@ -252,7 +273,7 @@ class Engine:
             ((n, job_seed),) = jobs
             return [vae.sample(obj, n=n, seed=job_seed, refine=refine, resolution=resolution)]
 
-        (sampled,) = await self.batcher.submit([(count, seed)], ("grasps", object()), run, deadline)
+        (sampled,) = await self.grasp_lane.submit([(count, seed)], ("grasps", object()), run, deadline)
         return sampled
 
     async def stream_grasps(
@@ -263,10 +284,15 @@ class Engine:
             (grasp,) = await self.grasps(obj, 1, seed + index, refine, resolution, deadline)
             yield grasp
 
-    def check_accepting(self) -> None:
+    @property
+    def queued(self) -> int:
+        """Work items waiting in all lanes."""
+        return self.mesh_lane.depth + self.grasp_lane.depth
+
+    def check_accepting(self, endpoint: str) -> None:
         """Front ends call this as a request arrives: once shutdown began, new requests are refused."""
         if not self.accepting:
-            self.metrics.rejected.labels("shutting_down").inc()
+            self.metrics.reject(LANE_OF_ENDPOINT[endpoint], "shutting_down")
             raise ShuttingDownError("server is shutting down")
 
     def begin_shutdown(self) -> None:
@@ -276,9 +302,10 @@ class Engine:
         self.metrics.ready.set(0)
 
     async def drain(self) -> None:
-        """Wait for every accepted item to finish."""
-        await self.batcher.drain()
+        """Wait for every accepted item of both lanes to finish."""
+        await asyncio.gather(self.mesh_lane.drain(), self.grasp_lane.drain())
 
     async def close(self) -> None:
-        """Release the batcher and its compute thread."""
-        await self.batcher.close()
+        """Release both lanes and their compute threads."""
+        await self.mesh_lane.close()
+        await self.grasp_lane.close()

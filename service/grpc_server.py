@@ -156,7 +156,7 @@ class _Call:
             given = str(self.metadata.get("authorization", ""))
             if not secrets.compare_digest(given.encode(), f"Bearer {expected}".encode()):
                 raise UnauthenticatedError("authorization: missing or wrong bearer token")
-        self.engine.check_accepting()
+        self.engine.check_accepting(self.endpoint)
 
     async def __aexit__(self, exc_type: type | None, error: BaseException | None, tb: object) -> None:
         try:

@@ -33,6 +33,8 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 STAGES = ("canonicalize", "occupancy", "marching_cubes", "encode")
 DROP_REASONS = ("cancelled", "deadline")
 REJECT_REASONS = ("queue_full", "shutting_down")
+# Execution lanes (service/batching.py): meshes and occupancy queries share one, grasp sampling has its own.
+LANES = ("mesh", "grasps")
 
 
 class Metrics:
@@ -63,13 +65,44 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "halo_queue_depth",
-            "Hands waiting in the batcher queue.",
+            "Work items (hands, grasp jobs) waiting in all lanes' queues.",
             registry=reg,
         )
         self.queue_wait = Histogram(
             "halo_queue_wait_seconds",
-            "Time a hand waits in the queue before its batch starts.",
+            "Time a work item waits in its lane's queue before its batch starts (all lanes).",
             buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.lane_queue_depth = Gauge(
+            "halo_lane_queue_depth",
+            "Work items waiting in one lane's queue (mesh: hands and occupancy queries; grasps: grasp jobs).",
+            ["lane"],
+            registry=reg,
+        )
+        self.lane_queue_wait = Histogram(
+            "halo_lane_queue_wait_seconds",
+            "Time a work item waits in its lane's queue before its batch starts.",
+            ["lane"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.lane_busy_workers = Gauge(
+            "halo_lane_busy_workers",
+            "A lane's workers computing a batch right now.",
+            ["lane"],
+            registry=reg,
+        )
+        self.lane_workers = Gauge(
+            "halo_lane_workers",
+            "A lane's worker count (its most batches computed side by side).",
+            ["lane"],
+            registry=reg,
+        )
+        self.lane_rejected = Counter(
+            "halo_lane_rejected",
+            "Requests a lane refused because its queue was full or the server was stopping.",
+            ["lane", "reason"],
             registry=reg,
         )
         self.batch_size = Histogram(
@@ -131,6 +164,30 @@ class Metrics:
             self.dropped.labels(reason)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
+        self._lane_depths = dict.fromkeys(LANES, 0)
+        for lane in LANES:
+            self.lane_queue_depth.labels(lane)
+            self.lane_queue_wait.labels(lane)
+            self.lane_busy_workers.labels(lane)
+            self.lane_workers.labels(lane)
+            for reason in REJECT_REASONS:
+                self.lane_rejected.labels(lane, reason)
+
+    def set_lane_depth(self, lane: str, depth: int) -> None:
+        """Record one lane's queue depth; ``halo_queue_depth`` (the autoscaling signal) stays the total."""
+        self._lane_depths[lane] = depth
+        self.lane_queue_depth.labels(lane).set(depth)
+        self.queue_depth.set(sum(self._lane_depths.values()))
+
+    def observe_queue_wait(self, lane: str, seconds: float) -> None:
+        """One item's queue wait, in its lane's histogram and in the all-lanes one."""
+        self.queue_wait.observe(seconds)
+        self.lane_queue_wait.labels(lane).observe(seconds)
+
+    def reject(self, lane: str, reason: str) -> None:
+        """Count one refused request, per lane and in the all-lanes counter."""
+        self.rejected.labels(reason).inc()
+        self.lane_rejected.labels(lane, reason).inc()
 
     @contextmanager
     def time_stage(self, stage: str) -> Iterator[None]:

@@ -457,7 +457,7 @@ class EdgeMiddleware:
         try:
             if endpoint in MODEL_ENDPOINTS:
                 try:
-                    self.engine.check_accepting()
+                    self.engine.check_accepting(endpoint)
                 except ShuttingDownError as error:
                     await error_response(*error_status(error))(scope, receive, send_with_id)
                     return

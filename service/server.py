@@ -80,7 +80,7 @@ class HaloServer:
     async def stop(self) -> None:
         """Graceful stop: not ready, refuse new work, finish accepted work (grace period), close."""
         grace = self.settings.grace_period_s
-        log.info("shutting down", extra={"grace_period_s": grace, "queued": self.engine.batcher.depth})
+        log.info("shutting down", extra={"grace_period_s": grace, "queued": self.engine.queued})
         self.engine.begin_shutdown()
         await set_serving(self._health, False)
         if self._uvicorn is not None:
@@ -90,7 +90,7 @@ class HaloServer:
         try:
             await asyncio.wait_for(self.engine.drain(), grace)
         except asyncio.TimeoutError:
-            log.error("grace period over with work still queued", extra={"queued": self.engine.batcher.depth})
+            log.error("grace period over with work still queued", extra={"queued": self.engine.queued})
         # The last responses may still sit in socket buffers; closing a socket that holds unread
         # client frames resets the connection, so give clients a moment to read and hang up before
         # the gRPC server closes its transports (the engine already refuses new work).

@@ -38,3 +38,20 @@ def wait_until(condition, timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.01)
+
+
+class GatedVAE:
+    """The real grasp model, but each sampling call waits for ``gate`` (to hold the grasp lane busy)."""
+
+    def __init__(self, vae):
+        self._vae = vae
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def sample(self, *args, **kwargs):
+        self.entered.set()
+        self.gate.wait(60)
+        return self._vae.sample(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._vae, name)

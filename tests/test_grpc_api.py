@@ -121,7 +121,7 @@ def test_bearer_token_is_required_when_configured(server_factory, reference_keyp
 
 
 def test_cancelled_calls_and_expired_deadlines_do_no_work(server_factory, reference_keypoints):
-    server = server_factory(warmup=False, request_timeout_s=1.0, max_batch_size=1, compute_workers=1)
+    server = server_factory(warmup=False, request_timeout_s=1.0, max_batch_size=1, mesh_workers=1)
     gated = GatedBase(server.engine.base)
     server.engine.base = gated
     request = halo_pb2.GenerateMeshRequest(hands=[hand(reference_keypoints[0])], resolution=64)

@@ -207,7 +207,7 @@ def test_errors_carry_the_request_id_and_no_stack_trace(live_server):
 
 
 def test_a_client_that_disconnects_while_queued_causes_no_work(server_factory, reference_keypoints):
-    server = server_factory(warmup=False, max_batch_size=1, compute_workers=1)
+    server = server_factory(warmup=False, max_batch_size=1, mesh_workers=1)
     gated = GatedBase(server.engine.base)
     server.engine.base = gated
     body = hand_body(reference_keypoints[0], resolution=64)

@@ -36,7 +36,7 @@ def far() -> float:
 
 
 def make_batcher(metrics: Metrics, **kwargs) -> Batcher:
-    options = {"max_batch_size": 4, "max_delay_s": 0.05, "max_queue_size": 16} | kwargs
+    options = {"lane": "mesh", "max_batch_size": 4, "max_delay_s": 0.05, "max_queue_size": 16} | kwargs
     batcher = Batcher(metrics, **options)
     batcher.start()
     return batcher

@@ -1,10 +1,14 @@
-"""`halo bench serve` against a real server: counts, statuses and the server's RSS are reported."""
+"""`halo bench serve` against a real server: counts, statuses and the server's RSS are reported, closed loop
+and as a mixed open-loop load."""
 
 from __future__ import annotations
 
 import json
 
-from service.bench import format_result, load_keypoints, run_bench
+import pytest
+from service_helpers import wait_until
+
+from service.bench import format_mix_result, format_result, load_keypoints, parse_mix, run_bench, run_mix_bench
 
 
 def test_bench_drives_both_protocols_and_reports(live_server, reference_keypoints, tmp_path):
@@ -42,3 +46,39 @@ def test_bench_grasps_reports_a_calibrated_ratio_per_object(tmp_path):
         assert row["ratio"] == pytest.approx(row["seconds"] / row["calibration_s"])
         assert 0 < row["sample_s"] + row["mesh_s"] + row["metrics_s"] <= row["seconds"]
     assert min(r["ratio"] for r in result["rows"]) <= result["median_ratio"] <= max(r["ratio"] for r in result["rows"])
+
+
+def test_parse_mix_normalises_weights_and_names_the_option():
+    assert parse_mix("mesh=0.9,grasps=0.1") == pytest.approx({"mesh": 0.9, "grasps": 0.1})
+    assert parse_mix("mesh=3, occupancy=1, grasps=0") == pytest.approx({"mesh": 0.75, "occupancy": 0.25})
+    for bad in ("mesh=0.9,teleport=0.1", "mesh", "mesh=-1", "mesh=x", "grasps=0", ""):
+        with pytest.raises(ValueError, match=r"^--mix: "):
+            parse_mix(bad)
+
+
+def test_mixed_open_loop_bench_reports_every_endpoint(live_server, reference_keypoints):
+    if live_server.engine.vae is None:
+        pytest.skip("no grasp model loaded")
+    endpoints = ("mesh", "occupancy", "grasps")
+
+    def answered() -> dict[str, float]:
+        return {e: sum(live_server.metric("halo_requests_total", {"endpoint": e, "protocol": "rest", "status": s})
+                       for s in ("200", "503")) for e in endpoints}
+
+    before = answered()
+    result = run_mix_bench(reference_keypoints[:4], parse_mix("mesh=0.6,occupancy=0.2,grasps=0.2"), rate_per_s=12,
+                           http_url=live_server.http_url, concurrency=4, duration_s=1.5, resolution=64,
+                           grasp_samples=1, grasp_refine=False, seed=3)
+    assert set(result.endpoints) <= set(endpoints) and "mesh" in result.endpoints
+    sent = {e: result.endpoints[e].sent if e in result.endpoints else 0 for e in endpoints}
+    # The server counts a request just after its response went out: let the last counts land.
+    wait_until(lambda: {e: answered()[e] - before[e] for e in endpoints} == sent, timeout=10)
+    for stats in result.endpoints.values():
+        assert stats.sent == sum(stats.statuses.values())
+        assert set(stats.statuses) <= {"200", "503"}, stats.statuses  # 503 only from a full lane
+        assert stats.completed == stats.statuses.get("200", 0)
+        if stats.completed:
+            assert 0 < stats.p50_s <= stats.p95_s <= stats.p99_s and stats.per_s > 0
+    assert result.wall_s >= 1.5
+    text = format_mix_result(result)
+    assert "mix mesh=0.60,occupancy=0.20,grasps=0.20 at 12/s" in text and "  mesh: " in text

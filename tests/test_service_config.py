@@ -29,6 +29,9 @@ def test_defaults_env_and_flags_in_that_order_of_precedence(monkeypatch):
         (["--default-resolution", "256", "--max-resolution", "128"], "default_resolution"),
         (["--max-batch-size", "0"], "max_batch_size"),
         (["--log-format", "xml"], "log_format"),
+        (["--grasp-workers", "0"], "grasp_workers"),
+        (["--max-grasp-queue", "0"], "max_grasp_queue"),
+        (["--grasp-nice", "20"], "grasp_nice"),
     ],
 )
 def test_invalid_settings_name_the_field(argv, field):
@@ -36,6 +39,21 @@ def test_invalid_settings_name_the_field(argv, field):
         parse(argv)
 
 
+def test_lane_settings_have_flags_and_environment_variables(monkeypatch):
+    defaults = parse([])
+    assert (defaults.mesh_workers, defaults.grasp_workers, defaults.max_grasp_queue) == (2, 1, 4)
+    monkeypatch.setenv("HALO_GRASP_WORKERS", "2")
+    settings = parse(["--mesh-workers", "3", "--max-grasp-queue", "8", "--grasp-nice", "0"])
+    assert (settings.mesh_workers, settings.grasp_workers, settings.max_grasp_queue, settings.grasp_nice) == (3, 2, 8, 0)
+
+
 def test_bench_serve_is_a_bench_subcommand():
     args = build_parser().parse_args(["bench", "serve", "--protocol", "grpc", "--concurrency", "32", "--duration", "60"])
     assert (args.protocol, args.concurrency, args.duration) == ("grpc", 32, 60.0)
+
+
+def test_bench_serve_mix_options():
+    args = build_parser().parse_args(
+        ["bench", "serve", "--mix", "mesh=0.9,grasps=0.1", "--rate", "6", "--grasp-samples", "8", "--no-grasp-refine"]
+    )
+    assert (args.mix, args.rate, args.grasp_samples, args.grasp_refine) == ("mesh=0.9,grasps=0.1", 6.0, 8, False)

@@ -45,7 +45,7 @@ def test_32_concurrent_requests_equal_the_sequential_results(server_factory, ref
 
 
 def test_a_full_queue_answers_503_and_resource_exhausted_then_recovers(server_factory, reference_keypoints):
-    server = server_factory(warmup=False, max_batch_size=1, max_queue_size=2, compute_workers=1)
+    server = server_factory(warmup=False, max_batch_size=1, max_queue_size=2, mesh_workers=1)
     gated = GatedBase(server.engine.base)
     server.engine.base = gated
     kps = reference_keypoints[0]
