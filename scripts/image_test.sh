@@ -3,9 +3,10 @@
 # (tests/test_image.py). No registry is needed: the Debian base image is made with debootstrap and
 # imported locally. Root (or sudo) is needed for apt-get, debootstrap and rootful podman.
 #
-# Cached between runs under .cache/ (safe to delete): the debootstrap tarball of the base image and
-# pip's download cache of the build. Podman's own storage keeps the built layers (buildah --layers),
-# so a run whose build context is unchanged does not rebuild.
+# Cached between runs: the debootstrap tarball of the base image in $HALO_CACHE_DIR/image (default
+# ~/.cache/halo/image, outside the clone, so a fresh clone on the same machine, as CI makes, reuses it;
+# safe to delete), and the base image and the built layers (buildah --layers) in podman's own storage, so
+# a run whose build context is unchanged does not rebuild.
 #
 # PyTorch: the image must carry the CPU wheel. When pip's configuration names a local wheel directory
 # (find-links) it is mounted read-only into the build; otherwise set PIP_EXTRA_INDEX_URL to PyTorch's
@@ -15,12 +16,13 @@ cd "$(dirname "$0")/.."
 
 IMAGE=${HALO_IMAGE:-localhost/halo-serve:cpu}
 BASE_IMAGE=localhost/debian:bookworm-slim
-CACHE=.cache/image
+CACHE=$(realpath -m "${HALO_CACHE_DIR:-$HOME/.cache/halo}/image")
 BUILD_MOUNT=/run/halo-build
 export CONTAINERS_CONF=$PWD/docker/podman/containers.conf
 
 SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-APT_PACKAGES=(podman buildah runc uidmap slirp4netns fuse-overlayfs debootstrap containernetworking-plugins iptables)
+APT_PACKAGES=(podman buildah runc uidmap slirp4netns fuse-overlayfs debootstrap containernetworking-plugins iptables
+  podman-compose)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if ((${#missing[@]})); then
@@ -34,7 +36,7 @@ mkdir -p "$CACHE"
 step "base image $BASE_IMAGE"
 if ! $SUDO podman image exists "$BASE_IMAGE"; then
   if [[ ! -s $CACHE/bookworm-minbase.tar ]]; then
-    rootfs=$(mktemp -d "$PWD/$CACHE/rootfs.XXXX")
+    rootfs=$(mktemp -d "$CACHE/rootfs.XXXX")
     $SUDO debootstrap --variant=minbase bookworm "$rootfs" >"$CACHE/debootstrap.log"
     # Like the official slim image: no apt lists, no docs.
     $SUDO rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/usr/share/doc/*
@@ -47,12 +49,8 @@ fi
 # pip inside the build: trust this machine's CA bundle (it may sit behind a TLS-inspecting proxy) through
 # a pip.conf mounted for the build only; nothing of it lands in the image.
 pip_conf=$CACHE/pip.conf
-mounts=(-v "$PWD/$CACHE/pip-cache:$BUILD_MOUNT/pip-cache:rw")
-mkdir -p "$CACHE/pip-cache"
-{
-  echo "[global]"
-  echo "cache-dir = $BUILD_MOUNT/pip-cache"
-} >"$pip_conf"
+mounts=()
+echo "[global]" >"$pip_conf"
 ca_file=$(python3 -c "import ssl; print(ssl.get_default_verify_paths().cafile or '')")
 if [[ -n $ca_file && -f $ca_file ]]; then
   echo "cert = $BUILD_MOUNT/ca.crt" >>"$pip_conf"
@@ -63,7 +61,7 @@ if [[ -n $wheels && -d $wheels ]] && compgen -G "$wheels/torch-*+cpu-*.whl" >/de
   echo "find-links = $BUILD_MOUNT/wheels" >>"$pip_conf"
   mounts+=(-v "$wheels:$BUILD_MOUNT/wheels:ro")
 fi
-mounts+=(-v "$PWD/$pip_conf:$BUILD_MOUNT/pip.conf:ro")
+mounts+=(-v "$pip_conf:$BUILD_MOUNT/pip.conf:ro")
 build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "PIP_CONFIG_FILE=$BUILD_MOUNT/pip.conf")
 [[ -n ${PIP_EXTRA_INDEX_URL:-} ]] && build_args+=(--build-arg "PIP_EXTRA_INDEX_URL=$PIP_EXTRA_INDEX_URL")
 
@@ -75,6 +73,6 @@ $SUDO env CONTAINERS_CONF="$CONTAINERS_CONF" nice -n 10 buildah bud --isolation 
 echo "build took $((SECONDS - started)) s"
 $SUDO podman image inspect --format 'image size: {{.Size}} bytes' "$IMAGE"
 
-step "checks (tests/test_image.py)"
+step "checks (tests/test_image.py, then podman-compose up)"
 $SUDO env CONTAINERS_CONF="$CONTAINERS_CONF" HALO_IMAGE="$IMAGE" \
   .venv/bin/python -m pytest -m image tests/test_image.py -v -p no:cacheprovider --durations=0

@@ -236,3 +236,40 @@ def test_sigterm_during_a_request_lets_it_finish_and_the_container_exits_0(conta
     state = _inspect()["State"]
     assert state["ExitCode"] == 0 and not state["OOMKilled"], (stop.stdout, stop.stderr, state)
     print(f"podman stop returned after {stopped_after:.1f} s with the request in flight")
+
+
+def test_docker_compose_up_serves_the_halo_service() -> None:
+    """`docker compose up` as podman-compose runs it: the `halo` service of docker-compose.yml (the image
+    built above; Prometheus and Grafana are left out, their images cannot be pulled here)."""
+    compose = shutil.which("podman-compose")
+    if compose is None:
+        pytest.fail("podman-compose is missing: run `make image-test`, which installs it")
+    project = f"halo-image-test-{os.getpid()}"
+
+    def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        result = subprocess.run([compose, "--project-name", project, "--file", str(ROOT / "docker-compose.yml"),
+                                 *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        assert result.returncode == 0, f"podman-compose {' '.join(args)}:\n{result.stdout}{result.stderr}"
+        return result
+
+    run("up", "--detach", "--no-build", "halo")
+    try:
+        (name,) = podman("ps", "--all", "--filter", f"label=io.podman.compose.project={project}",
+                         "--format", "{{.Names}}").stdout.split()
+        (config,) = json.loads(podman("container", "inspect", name).stdout)
+        assert config["HostConfig"]["ReadonlyRootfs"] is True and "/tmp" in config["HostConfig"]["Tmpfs"]
+        # No systemd timers here to run the HEALTHCHECK periodically: run it as the timer would.
+        _wait_for(lambda: podman("healthcheck", "run", name, check=False).returncode == 0, START_BUDGET_S,
+                  "the compose service's HEALTHCHECK")
+        (config,) = json.loads(podman("container", "inspect", name).stdout)
+        assert config["State"]["Health"]["Status"] == "healthy"
+        _wait_for(lambda: httpx.get("http://127.0.0.1:8000/readyz", timeout=5).status_code == 200, START_BUDGET_S,
+                  "/readyz on the compose port 8000")
+        keypoints = _keypoints()
+        with RestClient("http://127.0.0.1:8000") as rest, GrpcClient("127.0.0.1:50051", timeout=120) as grpc_client:
+            assert rest.mesh(keypoints, resolution=64).is_watertight
+            assert grpc_client.mesh(keypoints, resolution=64).is_watertight
+    finally:
+        # podman-compose does not read stop_grace_period: give the drain the compose file's 40 s explicitly.
+        run("down", "--timeout", "40", timeout=120)
+    assert podman("ps", "--all", "--filter", f"label=io.podman.compose.project={project}", "--quiet").stdout == ""
