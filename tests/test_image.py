@@ -3,7 +3,8 @@
 The container runs as an operator would lock it down: read-only root, /tmp as tmpfs, uid 10001, every
 capability dropped, no new privileges, ports published on 127.0.0.1 only. The checks call it over REST
 and gRPC through the published ports, let Debian's Prometheus on the host scrape its /metrics, run its
-HEALTHCHECK, and stop it with SIGTERM while a request is in flight. Marked `image`: plain `pytest`
+HEALTHCHECK, and stop it with SIGTERM while a request is in flight; last, `podman-compose up` brings up
+the compose file's `halo` service on the same image. Marked `image`: plain `pytest`
 deselects these (pyproject.toml); scripts/image_test.sh selects them after building the image.
 """
 
@@ -24,11 +25,11 @@ import numpy as np
 import pytest
 import trimesh
 import yaml
-from test_prometheus_integration import PROMETHEUS_DIR, _free_port, _keypoints, _stop, _wait_for, query
 
 from service.client import GrpcClient, RestClient
 from service.codecs import mesh_to_packed
 from service.proto_gen.halo.v1 import halo_pb2
+from tests.test_prometheus_integration import PROMETHEUS_DIR, _free_port, _keypoints, _stop, _wait_for, query
 
 pytestmark = pytest.mark.image
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 
-from conftest import REPO_ROOT, SHIPPED_BASE
+from tests.conftest import REPO_ROOT, SHIPPED_BASE
 
 SHIPPED_VAE = REPO_ROOT / "models" / "checkpoints" / "halo_vae.safetensors"
 
