@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` (the main job) and `make test` (the whole suite).
 VENV := .venv/bin
 
-.PHONY: setup setup-dev run mesh-sample test lint bench
+.PHONY: setup setup-dev run mesh-sample test image-test lint bench
 
 setup:
 	scripts/setup.sh
@@ -18,6 +18,11 @@ mesh-sample: setup
 test: setup-dev
 	$(VENV)/ruff check .
 	$(VENV)/python -m pytest -q
+	scripts/image_test.sh
+
+# Builds docker/Dockerfile with buildah and checks the running container with podman (needs root or sudo).
+image-test: setup-dev
+	scripts/image_test.sh
 
 lint:
 	$(VENV)/ruff check .

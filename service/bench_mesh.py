@@ -58,9 +58,10 @@ def run_mesh_benchmark(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint
     if checkpoint is None and (REFERENCE / "model_best.pt").is_file():
         checkpoint = str(REFERENCE / "model_best.pt")  # the model the original's timings were measured on
-    base = models.load_base(checkpoint, device="cpu")
+    base = models.load_base(checkpoint, device=args.device)
     keypoints, source = _keypoints(args.keypoints)
-    print(f"model {base.card['name']} ({base.card['sha256'][:12]}), keypoints: {source}, torch threads {args.threads}")
+    print(f"model {base.card['name']} ({base.card['sha256'][:12]}) on {base.device}, keypoints: {source}, "
+          f"torch threads {args.threads}")
     base.mesh(keypoints[0], resolution=64)  # warm-up
     results = []
     for resolution in [int(r) for r in args.resolutions.split(",")]:
@@ -101,6 +102,9 @@ def run_mesh_benchmark(args: argparse.Namespace) -> int:
             )
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"model": base.card["name"], "keypoints": source, "rows": results}, indent=2)
+            json.dumps(
+                {"model": base.card["name"], "device": str(base.device), "keypoints": source, "rows": results},
+                indent=2,
+            )
         )
     return 0

@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     bench_mesh = bench_commands.add_parser("mesh", help="milliseconds per mesh, calibrated against a fixed workload")
     bench_mesh.add_argument("--checkpoint", default=None)
+    bench_mesh.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     bench_mesh.add_argument("--keypoints", default=None, help="default: the reference keypoints, else the sample hand")
     bench_mesh.add_argument("--resolutions", default="128,512")
     bench_mesh.add_argument("--batches", default="1,8,32")

@@ -127,25 +127,28 @@ class Engine:
     def _load_models(self) -> None:
         try:
             self.base = models.load_base(self.settings.base_checkpoint, device=self.device)
-            self._record_model("base", self.base)
         except Exception as error:
             self.unavailable["base"] = f"base model not available: {error}"
             log.error("base model not loaded", extra={"reason": str(error)})
+        else:
+            self._record_model("base", self.base)
         if self.base is None:
             self.unavailable["vae"] = "grasp model not available: it needs the base model"
             return
         try:
             self.vae = grasps.load_vae(self.settings.vae_checkpoint, base=self.base, device=self.device)
-            self._record_model("vae", self.vae)
         except Exception as error:
             self.unavailable["vae"] = f"grasp model not available: {error}"
             log.warning("grasp model not loaded", extra={"reason": str(error)})
+        else:
+            self._record_model("vae", self.vae)
 
     def _record_model(self, role: str, model: Any) -> None:
         card = getattr(model, "card", {}) or {}
         labels = (role, str(card.get("name", role)), str(card.get("sha256", "")), self.device)
         self.metrics.model_info.labels(*labels).set(1)
-        log.info("model loaded", extra={"model": role, "name": card.get("name"), "device": self.device})
+        # Not "name": that is a LogRecord attribute, and logging refuses to overwrite it.
+        log.info("model loaded", extra={"model": role, "checkpoint": card.get("name"), "device": self.device})
 
     def _warm_up(self) -> None:
         sample = json.loads(SAMPLE_KEYPOINTS.read_text())

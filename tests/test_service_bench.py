@@ -1,14 +1,16 @@
 """`halo bench serve` against a real server: counts, statuses and the server's RSS are reported, closed loop
-and as a mixed open-loop load."""
+and as a mixed open-loop load; `halo bench mesh` on a chosen device; `halo bench grasps`."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 from service_helpers import wait_until
 
 from service.bench import format_mix_result, format_result, load_keypoints, parse_mix, run_bench, run_mix_bench
+from service.cli import main
 
 
 def test_bench_drives_both_protocols_and_reports(live_server, reference_keypoints, tmp_path):
@@ -29,11 +31,8 @@ def test_bench_drives_both_protocols_and_reports(live_server, reference_keypoint
     assert answered - answered_before == result.completed
 
 
-def test_bench_grasps_reports_a_calibrated_ratio_per_object(tmp_path):
-    import pytest
-
+def test_bench_grasps_reports_a_calibrated_ratio_per_object(tmp_path, restore_torch_threads):
     from models.grasps.api import SHIPPED_VAE
-    from service.cli import main
 
     if not SHIPPED_VAE.is_file():
         pytest.skip("no shipped grasp checkpoint")
@@ -82,3 +81,25 @@ def test_mixed_open_loop_bench_reports_every_endpoint(live_server, reference_key
     assert result.wall_s >= 1.5
     text = format_mix_result(result)
     assert "mix mesh=0.60,occupancy=0.20,grasps=0.20 at 12/s" in text and "  mesh: " in text
+@pytest.fixture
+def restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # the benchmark sets the process-wide count
+
+
+def test_bench_mesh_runs_on_the_chosen_device(tmp_path, restore_torch_threads, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "mesh", "--device", "cpu", "--resolutions", "64", "--batches", "2", "--repeats", "1"]
+    assert main([*args, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["device"] == "cpu"
+    ((row),) = result["rows"]
+    assert (row["resolution"], row["batch"]) == (64, 2) and row["ms_per_mesh"] > 0
+    assert " on cpu, " in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without CUDA answers")
+def test_bench_mesh_on_cuda_without_a_gpu_is_a_clear_error(restore_torch_threads, capsys):
+    assert main(["bench", "mesh", "--device", "cuda", "--resolutions", "64", "--batches", "1"]) == 2
+    assert "device: cuda requested but CUDA is not available" in capsys.readouterr().err
