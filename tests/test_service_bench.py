@@ -81,6 +81,8 @@ def test_mixed_open_loop_bench_reports_every_endpoint(live_server, reference_key
     assert result.wall_s >= 1.5
     text = format_mix_result(result)
     assert "mix mesh=0.60,occupancy=0.20,grasps=0.20 at 12/s" in text and "  mesh: " in text
+
+
 @pytest.fixture
 def restore_torch_threads():
     threads = torch.get_num_threads()
