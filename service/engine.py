@@ -124,7 +124,7 @@ class Engine:
         card = getattr(model, "card", {}) or {}
         labels = (role, str(card.get("name", role)), str(card.get("sha256", "")), self.device)
         self.metrics.model_info.labels(*labels).set(1)
-        log.info("model loaded", extra={"model": role, "name": card.get("name"), "device": self.device})
+        log.info("model loaded", extra={"model": role, "checkpoint": card.get("name"), "device": self.device})
 
     def _warm_up(self) -> None:
         sample = json.loads(SAMPLE_KEYPOINTS.read_text())
