@@ -105,7 +105,7 @@ function formatMs(ms) {
 // ------------------------------------------------------------------ scene
 
 const view = $("#view");
-const renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
+const renderer = new THREE.WebGLRenderer({ antialias: true });
 renderer.setPixelRatio(window.devicePixelRatio);
 view.appendChild(renderer.domElement);
 const scene = new THREE.Scene();
@@ -122,7 +122,7 @@ const handMesh = new THREE.Mesh(new THREE.BufferGeometry(), handMaterial);
 scene.add(handMesh);
 const overlay = new THREE.Group();
 const jointMaterial = new THREE.MeshBasicMaterial({ color: 0x2fd0ff, depthTest: false, transparent: true });
-const joints = new THREE.InstancedMesh(new THREE.SphereGeometry(0.0035, 10, 8), jointMaterial, 21);
+const joints = new THREE.InstancedMesh(new THREE.SphereGeometry(0.003, 10, 8), jointMaterial, 21);
 const boneMaterial = new THREE.LineBasicMaterial({ color: 0xffffff, depthTest: false, transparent: true });
 const bones = new THREE.LineSegments(new THREE.BufferGeometry(), boneMaterial);
 joints.renderOrder = bones.renderOrder = 2;
@@ -131,7 +131,14 @@ overlay.add(joints, bones);
 scene.add(overlay);
 const graspGroup = new THREE.Group();
 scene.add(graspGroup);
-const objectMaterial = new THREE.MeshStandardMaterial({ color: OBJECT_COLOUR, roughness: 0.5, side: THREE.DoubleSide });
+// translucent, so hands behind or inside the object stay visible
+const objectMaterial = new THREE.MeshStandardMaterial({
+  color: OBJECT_COLOUR,
+  roughness: 0.5,
+  transparent: true,
+  opacity: 0.55,
+  depthWrite: false,
+});
 const objectMesh = new THREE.Mesh(new THREE.BufferGeometry(), objectMaterial);
 graspGroup.add(objectMesh);
 const graspHands = new THREE.Group();
@@ -149,6 +156,7 @@ function placeCamera() {
     target.z + radius * Math.sin(phi) * Math.cos(theta),
   );
   camera.lookAt(target);
+  requestRender();
 }
 
 function frameObject(object) {
@@ -200,6 +208,7 @@ function resize() {
   renderer.setSize(width, height, false);
   camera.aspect = width / Math.max(height, 1);
   camera.updateProjectionMatrix();
+  requestRender();
 }
 new ResizeObserver(resize).observe(view);
 
@@ -220,18 +229,30 @@ function showOverlay(keypoints, order = $("#joint-order").value) {
     ...keypoints[child],
   ]);
   bones.geometry.setAttribute("position", new THREE.Float32BufferAttribute(segments, 3));
+  requestRender();
 }
 
 function showHand(geometry, keypoints) {
   state.keypoints = keypoints;
   handMesh.geometry = geometry;
   showOverlay(keypoints);
+  requestRender();
 }
 
+// Frames are drawn on demand (a change, or a sequence playing), so an idle page costs no CPU.
+let renderQueued = false;
 let lastFrameTime = 0;
 let shownFrames = [];
+
+function requestRender() {
+  if (!renderQueued) {
+    renderQueued = true;
+    requestAnimationFrame(render);
+  }
+}
+
 function render(now) {
-  requestAnimationFrame(render);
+  renderQueued = false;
   if (state.playing && state.frameGeometries.length) {
     const interval = 1000 / Number($("#fps").value);
     if (now - lastFrameTime >= interval) {
@@ -240,6 +261,7 @@ function render(now) {
       shownFrames = [...shownFrames.filter((time) => now - time < 1000), now];
       $("#fps-measured").textContent = `${shownFrames.length} frames/s`;
     }
+    requestRender();
   }
   renderer.render(scene, camera);
 }
@@ -492,7 +514,9 @@ const METRIC_LABELS = {
   max_penetration_depth_mm: "depth mm",
   hand_object_distance_mm: "gap mm",
   contact: "contact",
+  refined: "refined",
 };
+const YES_NO_METRICS = new Set(["contact", "refined"]);
 
 function fillMetrics(grasps) {
   const names = Object.keys(grasps[0]?.metrics || {});
@@ -514,7 +538,7 @@ function fillMetrics(grasps) {
     for (const name of names) {
       const cell = document.createElement("td");
       const value = grasp.metrics[name];
-      cell.textContent = name === "contact" ? (value ? "yes" : "no") : value.toFixed(2);
+      cell.textContent = YES_NO_METRICS.has(name) ? (value ? "yes" : "no") : value.toFixed(2);
       row.append(cell);
     }
     row.addEventListener("click", () => selectGrasp(index));
@@ -531,6 +555,7 @@ function selectGrasp(index) {
 }
 
 function showGraspMode() {
+  requestRender();
   const all = $("#show-all").checked;
   graspHands.children.forEach((hand, i) => (hand.visible = all || i === state.selectedGrasp));
   const grasp = state.grasps[state.selectedGrasp];
@@ -544,6 +569,7 @@ function selectTab(name) {
   for (const button of document.querySelectorAll("#tabs button")) {
     button.setAttribute("aria-selected", String(button.dataset.tab === name));
   }
+  requestRender();
   handTab.hidden = name !== "hand";
   graspTab.hidden = name !== "grasps";
   const grasps = name === "grasps";
@@ -597,6 +623,7 @@ async function start() {
   $("#play-button").addEventListener("click", () => {
     state.playing = !state.playing;
     $("#play-button").textContent = state.playing ? "Pause" : "Play";
+    requestRender();
   });
   $("#frame-slider").addEventListener("input", () => {
     stopPlaying();
@@ -604,11 +631,13 @@ async function start() {
   });
   $("#overlay").addEventListener("change", () => {
     overlay.visible = $("#overlay").checked;
+    requestRender();
     if (!graspTab.hidden) showGraspMode();
   });
   $("#show-mesh").addEventListener("change", () => {
     handMesh.visible = $("#show-mesh").checked && handTab.hidden === false;
     graspHands.visible = $("#show-mesh").checked;
+    requestRender();
   });
   $("#object-choice").addEventListener("change", () => guarded(graspTab, chooseObject));
   $("#object-file").addEventListener("change", () => {
@@ -632,9 +661,12 @@ async function start() {
 
   resize();
   placeCamera();
-  requestAnimationFrame(render);
   await guarded(handTab, meshKeypointsText);
-  document.body.dataset.ready = "true";
+  // after the next frame is drawn: the time from opening the page to the first hand on screen
+  requestAnimationFrame(() => {
+    document.body.dataset.firstHandMs = performance.now().toFixed(0);
+    document.body.dataset.ready = "true";
+  });
 }
 
 start();
