@@ -175,7 +175,7 @@ def test_page_shows_the_sample_hand_with_no_errors_and_no_other_origin(visit, li
     assert visit.requests and all(url.startswith(live_server.http_url + "/") for url in visit.requests), visit.requests
 
 
-def test_pasted_keypoints_update_the_mesh(visit) -> None:
+def test_pasted_keypoints_update_the_mesh(visit, live_server) -> None:
     visit.wait_ready()
     before = visit.skin_pixels()
     # the sample hand as a left hand, turned a quarter around the wrist: a different silhouette
@@ -185,11 +185,19 @@ def test_pasted_keypoints_update_the_mesh(visit) -> None:
     visit.page.select_option("#hand", "left")
     visit.page.select_option("#resolution", "64")
     visit.page.click("#mesh-button")
-    visit.page.wait_for_function("() => document.querySelector('#status').textContent.includes('resolution 64')")
+    assert visit.page.inner_text("#status") == "Meshing the hand…"
+    visit.page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Hand meshed')")
     after = visit.skin_pixels()
     assert after.mean() > 0.03
     changed = (before != after).mean()
     assert changed > 0.02, f"only {changed:.2%} of the canvas changed"
+    # the download is the server's GLB of the hand on screen: a left hand, turned like the keypoints
+    with visit.page.expect_download() as download:
+        visit.page.click('[data-download="glb"]')
+    assert download.value.suggested_filename == "hand.glb"
+    body = {"keypoints": keypoints, "hand": "left", "joint_order": "mano", "resolution": 64, "format": "glb"}
+    expected = httpx.post(f"{live_server.http_url}/mesh", json=body, timeout=120)
+    assert Path(download.value.path()).read_bytes() == expected.content
     assert visit.errors == []
 
 
@@ -238,9 +246,11 @@ def test_grasps_on_an_uploaded_object_fill_the_metrics_table(visit, tmp_path) ->
     visit.page.fill("#num-samples", "2")
     visit.page.select_option("#grasp-resolution", "64")
     visit.page.click("#grasp-button")
+    visit.page.wait_for_function(
+        "() => !document.querySelector('#grasp-button').disabled", polling=500, timeout=300_000
+    )
     rows = visit.page.locator("#metrics tbody tr")
-    rows.nth(1).wait_for(timeout=120_000)
-    assert rows.count() == 2
+    assert rows.count() == 2, visit.page.inner_text("#status")
     headers = visit.page.locator("#metrics thead th").all_inner_texts()
     assert "depth mm" in headers and "contact" in headers
     for row in range(2):

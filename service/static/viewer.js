@@ -309,6 +309,7 @@ async function meshKeypointsText() {
     return;
   }
   $("#sequence").hidden = true;
+  setStatus("Meshing the hand…");
   const { geometry, resolution } = await meshOne(data);
   const previous = handMesh.geometry;
   showHand(geometry, data);
@@ -327,6 +328,7 @@ function stopSequence() {
 
 async function loadSequence(frames) {
   const options = handOptions();
+  setStatus(`Meshing ${frames.length} frames…`);
   const batch = Math.min(SEQUENCE_BATCH, state.config.max_hands);
   state.frames = frames;
   const geometries = new Array(frames.length);
