@@ -105,7 +105,17 @@ function formatMs(ms) {
 // ------------------------------------------------------------------ scene
 
 const view = $("#view");
-const renderer = new THREE.WebGLRenderer({ antialias: true });
+
+function softwareRendered() {
+  // Multisampling costs a software rasteriser (SwiftShader, llvmpipe) more than half of each frame.
+  const gl = document.createElement("canvas").getContext("webgl2");
+  const info = gl?.getExtension("WEBGL_debug_renderer_info");
+  const name = info ? gl.getParameter(info.UNMASKED_RENDERER_WEBGL) : "";
+  gl?.getExtension("WEBGL_lose_context")?.loseContext();
+  return /swiftshader|llvmpipe|software/i.test(name);
+}
+
+const renderer = new THREE.WebGLRenderer({ antialias: !softwareRendered() });
 renderer.setPixelRatio(window.devicePixelRatio);
 view.appendChild(renderer.domElement);
 const scene = new THREE.Scene();
@@ -125,6 +135,7 @@ const jointMaterial = new THREE.MeshBasicMaterial({ color: 0x2fd0ff, depthTest: 
 const joints = new THREE.InstancedMesh(new THREE.SphereGeometry(0.003, 10, 8), jointMaterial, 21);
 const boneMaterial = new THREE.LineBasicMaterial({ color: 0xffffff, depthTest: false, transparent: true });
 const bones = new THREE.LineSegments(new THREE.BufferGeometry(), boneMaterial);
+bones.geometry.setAttribute("position", new THREE.Float32BufferAttribute(new Float32Array(20 * 2 * 3), 3));
 joints.renderOrder = bones.renderOrder = 2;
 joints.frustumCulled = bones.frustumCulled = false; // they move every frame of a sequence
 overlay.add(joints, bones);
@@ -224,11 +235,12 @@ function showOverlay(keypoints, order = $("#joint-order").value) {
   const matrix = new THREE.Matrix4();
   keypoints.forEach((point, index) => joints.setMatrixAt(index, matrix.makeTranslation(...point)));
   joints.instanceMatrix.needsUpdate = true;
-  const segments = state.config.joint_orders[order].flatMap(([parent, child]) => [
-    ...keypoints[parent],
-    ...keypoints[child],
-  ]);
-  bones.geometry.setAttribute("position", new THREE.Float32BufferAttribute(segments, 3));
+  const ends = bones.geometry.getAttribute("position");
+  state.config.joint_orders[order].forEach(([parent, child], bone) => {
+    ends.setXYZ(2 * bone, ...keypoints[parent]);
+    ends.setXYZ(2 * bone + 1, ...keypoints[child]);
+  });
+  ends.needsUpdate = true;
   requestRender();
 }
 
