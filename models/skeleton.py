@@ -71,6 +71,14 @@ def from_mano(keypoints: torch.Tensor | np.ndarray, joint_order: str) -> torch.T
     return keypoints[..., JOINT_ORDERS[resolve_joint_order(joint_order)], :]
 
 
+def bones(joint_order: str) -> np.ndarray:
+    """(20, 2) bones as (parent, child) joint indices in ``joint_order``."""
+    mano_index = TO_MANO[resolve_joint_order(joint_order)]
+    parents = MANO_TO_BIOMECH[BIOMECH_PARENTS[1:]]
+    children = MANO_TO_BIOMECH[1:]
+    return np.stack([mano_index[parents], mano_index[children]], axis=1)
+
+
 def resolve_hand(hand: str) -> str:
     """Validated handedness, ``right`` or ``left``."""
     key = hand.lower()

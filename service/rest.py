@@ -38,6 +38,7 @@ from service.codecs import (
 )
 from service.engine import Engine, ModelUnavailableError, ShuttingDownError, parse_hand
 from service.logs import request_id_var
+from service.viewer import add_viewer
 
 log = logging.getLogger("halo.rest")
 T = TypeVar("T")
@@ -345,6 +346,27 @@ def create_app(engine: Engine) -> FastAPI:
         with engine.metrics.time_stage("encode"):
             return json_bytes_response({"grasps": [grasp_payload(g) for g in results]})
 
+    @app.post(
+        "/object",
+        dependencies=auth,
+        response_model=MeshOut,
+        responses=_errors(401, 413, 415, 422),
+        summary="Object file -> the triangle mesh the grasp model reads (to check or show an upload)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/ObjectUpload"}}},
+            }
+        },
+    )
+    async def read_object(request: Request, engine: EngineDep) -> Response:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "multipart/form-data":
+            return error_response(415, f"content-type: {content_type!r}; use multipart/form-data")
+        data, filename, _ = await _read_form(request, engine)
+        obj = await _decode_object(data, filename, engine)
+        return json_bytes_response(mesh_to_dict(obj))
+
     @app.get("/models", summary="Loaded models, or why each is unavailable")
     async def list_models(engine: EngineDep) -> dict:
         return engine.describe()
@@ -378,7 +400,7 @@ def create_app(engine: Engine) -> FastAPI:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for name, model in (("GraspRequest", GraspRequest), ("GraspUpload", GraspUpload)):
+            for name, model in (("GraspRequest", GraspRequest), ("GraspUpload", GraspUpload), ("ObjectUpload", ObjectUpload)):
                 model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(model_schema.pop("$defs", {}))
                 components[name] = model_schema
@@ -386,6 +408,7 @@ def create_app(engine: Engine) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi
+    add_viewer(app)
     app.add_middleware(EdgeMiddleware, engine=engine)
     return app
 
@@ -398,7 +421,12 @@ class GraspUpload(BaseModel):
     resolution: int | None = None
 
 
-async def _read_upload(request: Request, engine: Engine) -> tuple[Any, GraspUpload]:
+class ObjectUpload(BaseModel):
+    file: bytes = Field(json_schema_extra={"format": "binary"}, description=".obj, .ply, .stl or .glb file.")
+
+
+async def _read_form(request: Request, engine: Engine) -> tuple[bytes, str, dict[str, str]]:
+    """A multipart body -> (the ``file`` part's bytes, its filename, the other text fields)."""
     settings = engine.settings
     try:
         form = await request.form(max_files=1, max_fields=8, max_part_size=settings.max_upload_bytes)
@@ -409,23 +437,34 @@ async def _read_upload(request: Request, engine: Engine) -> tuple[Any, GraspUplo
         raise InputError("file: missing the object file part")
     data = await upload.read(settings.max_upload_bytes + 1)
     fields = {key: value for key, value in form.items() if key != "file" and isinstance(value, str)}
+    return data, upload.filename or "", fields
+
+
+async def _decode_object(data: bytes, filename: str, engine: Engine) -> Any:
+    """Parse an uploaded object file in a worker thread (large files take a while)."""
+    settings = engine.settings
+    return await asyncio.to_thread(decode_upload, data, filename, settings.max_upload_bytes, settings.max_object_faces)
+
+
+async def _read_upload(request: Request, engine: Engine) -> tuple[Any, GraspUpload]:
+    data, filename, fields = await _read_form(request, engine)
     try:
         params = GraspUpload.model_validate({"file": b"", **fields})
     except ValidationError as error:
         raise InputError(_validation_message(list(error.errors()))) from error
-    obj = decode_upload(data, upload.filename or "", settings.max_upload_bytes, settings.max_object_faces)
-    return obj, params
+    return await _decode_object(data, filename, engine), params
 
 
 # ---------------------------------------------------------------- edge middleware
 
 
-ROUTE_NAMES = {"/mesh": "mesh", "/occupancy": "occupancy", "/grasps": "grasps", "/models": "models"}
+ROUTE_NAMES = {"/mesh": "mesh", "/occupancy": "occupancy", "/grasps": "grasps", "/object": "object", "/models": "models"}
+UPLOAD_PATHS = ("/grasps", "/object")
 MODEL_ENDPOINTS = ("mesh", "occupancy", "grasps")
 
 
 class EdgeMiddleware:
-    """Pure ASGI: request id, body-size limit, request metrics and one log line per request."""
+    """Pure ASGI: request id, Server-Timing, body-size limit, request metrics and one log line per request."""
 
     def __init__(self, app: Any, engine: Engine):
         self.app = app
@@ -446,10 +485,10 @@ class EdgeMiddleware:
         async def send_with_id(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                message = {
-                    **message,
-                    "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())],
-                }
+                # Server-Timing: the time from request received to response ready (the viewer shows it).
+                server_ms = f"app;dur={(time.perf_counter() - started) * 1000:.1f}".encode()
+                extra = [(b"x-request-id", request_id.encode()), (b"server-timing", server_ms)]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         if endpoint is not None:
@@ -493,7 +532,7 @@ class EdgeMiddleware:
 
     def _body_limit(self, path: str) -> int:
         settings = self.engine.settings
-        if path == "/grasps":
+        if path in UPLOAD_PATHS:
             return max(settings.max_body_bytes, settings.max_upload_bytes + 65536)
         return settings.max_body_bytes
 
