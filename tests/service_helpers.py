@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -55,3 +59,26 @@ class GatedVAE:
 
     def __getattr__(self, name):
         return getattr(self._vae, name)
+
+
+def start_server_subprocess(base_checkpoint: Path, settings: str) -> tuple[subprocess.Popen, dict]:
+    """`halo serve` in a child process (ports chosen by the OS, JSON logs), with extra ``Settings`` keyword
+    arguments given as Python source -> (process, {"http": port, "grpc": port}) once it reports ready."""
+    code = (
+        "import sys; from service.config import Settings; from service.server import run; "
+        "sys.exit(run(Settings(host='127.0.0.1', http_port=0, grpc_port=0, device='cpu', "
+        f"base_checkpoint={str(base_checkpoint)!r}, default_resolution=64, {settings}, "
+        "log_format='json', grace_period_s=120)))"
+    )
+    repo_root = Path(__file__).resolve().parent.parent
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=repo_root, stderr=subprocess.PIPE, text=True)
+    ports: dict = {}
+    for line in process.stderr:
+        record = json.loads(line)
+        if record["message"] == "listening":
+            ports = {"http": record["http_port"], "grpc": record["grpc_port"]}
+        if record["message"] == "ready":
+            break
+    assert ports, "the server never reported its ports"
+    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
+    return process, ports

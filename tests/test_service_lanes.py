@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -15,13 +13,12 @@ import httpx
 import numpy as np
 import pytest
 import trimesh
-from service_helpers import GatedVAE, hand, wait_until
+from service_helpers import GatedVAE, hand, start_server_subprocess, wait_until
 
 from models.grasps.api import SHIPPED_VAE
 from service.codecs import mesh_to_packed
 from service.proto_gen.halo.v1 import halo_pb2, halo_pb2_grpc
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOX = trimesh.creation.box(extents=(0.06, 0.08, 0.05))
 
 
@@ -124,26 +121,6 @@ def test_grasp_workers_run_at_a_lower_cpu_priority_than_mesh_workers(server_fact
     assert mesh_nice == os.getpriority(os.PRIO_PROCESS, 0)
 
 
-def _start_subprocess(base_checkpoint) -> tuple[subprocess.Popen, dict]:
-    code = (
-        "import sys; from service.config import Settings; from service.server import run; "
-        "sys.exit(run(Settings(host='127.0.0.1', http_port=0, grpc_port=0, device='cpu', "
-        f"base_checkpoint={str(base_checkpoint)!r}, default_resolution=64, grasp_workers=1, "
-        "log_format='json', grace_period_s=120)))"
-    )
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
-    ports: dict = {}
-    for line in process.stderr:
-        record = json.loads(line)
-        if record["message"] == "listening":
-            ports = {"http": record["http_port"], "grpc": record["grpc_port"]}
-        if record["message"] == "ready":
-            break
-    assert ports, "the server never reported its ports"
-    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
-    return process, ports
-
-
 def _scrape(url: str) -> dict[str, float]:
     """Requests received (in flight + answered, all endpoints) and grasp-lane work (computing + waiting)."""
     values = {"received": 0.0, "grasp_work": 0.0}
@@ -156,7 +133,7 @@ def _scrape(url: str) -> dict[str, float]:
 
 
 def test_sigterm_drains_both_lanes(base_checkpoint, reference_keypoints):
-    process, ports = _start_subprocess(base_checkpoint)
+    process, ports = start_server_subprocess(base_checkpoint, "grasp_workers=1")
     url = f"http://127.0.0.1:{ports['http']}"
     try:
         with ThreadPoolExecutor(8) as pool:

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import httpx
 import numpy as np
 import pytest
-from service_helpers import GatedBase, hand, wait_until
+from service_helpers import GatedBase, hand, start_server_subprocess, wait_until
 
 from service.proto_gen.halo.v1 import halo_pb2, halo_pb2_grpc
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def post_mesh(url: str, kps: np.ndarray, side: str = "right", resolution: int = 64) -> httpx.Response:
@@ -69,26 +62,6 @@ def test_a_full_queue_answers_503_and_resource_exhausted_then_recovers(server_fa
     assert post_mesh(server.http_url, kps).status_code == 200
 
 
-def _start_subprocess(base_checkpoint) -> tuple[subprocess.Popen, dict]:
-    code = (
-        "import sys; from service.config import Settings; from service.server import run; "
-        "sys.exit(run(Settings(host='127.0.0.1', http_port=0, grpc_port=0, device='cpu', "
-        f"base_checkpoint={str(base_checkpoint)!r}, default_resolution=64, max_batch_size=4, "
-        "log_format='json', grace_period_s=120)))"
-    )
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
-    ports: dict = {}
-    for line in process.stderr:
-        record = json.loads(line)
-        if record["message"] == "listening":
-            ports = {"http": record["http_port"], "grpc": record["grpc_port"]}
-        if record["message"] == "ready":
-            break
-    assert ports, "the server never reported its ports"
-    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
-    return process, ports
-
-
 def _received(url: str) -> tuple[float, float]:
     """(mesh requests in flight, mesh requests answered) from the server's /metrics."""
     inflight = answered = 0.0
@@ -101,7 +74,7 @@ def _received(url: str) -> tuple[float, float]:
 
 
 def test_sigterm_during_load_loses_no_accepted_request(base_checkpoint, reference_keypoints):
-    process, ports = _start_subprocess(base_checkpoint)
+    process, ports = start_server_subprocess(base_checkpoint, "max_batch_size=4")
     url = f"http://127.0.0.1:{ports['http']}"
 
     def rest_call(index: int) -> str:
