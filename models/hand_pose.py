@@ -123,11 +123,6 @@ def rotation_6d_to_matrix(six: torch.Tensor) -> torch.Tensor:
     return torch.stack([first, second, torch.cross(first, second, dim=-1)], dim=-1)
 
 
-def matrix_to_rotation_6d(rotation: torch.Tensor) -> torch.Tensor:
-    """(B,3,3) rotations -> (B,6) their first two columns (the inverse of ``rotation_6d_to_matrix``)."""
-    return torch.cat([rotation[..., 0], rotation[..., 1]], dim=-1)
-
-
 def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
     """(...,3) axis * angle, radians -> (...,3,3) rotation matrices (Rodrigues, safe at zero)."""
     angle = axis_angle.norm(dim=-1, keepdim=True)
