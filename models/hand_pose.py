@@ -136,6 +136,20 @@ def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class HandPose:
+    """B hands in the pose space: what the VAE decodes and refinement moves."""
+
+    raw: torch.Tensor  # (B,D) unbounded angle parameters (angles = angles_from_raw(raw))
+    rotation: torch.Tensor  # (B,3,3) hand orientation
+    translation: torch.Tensor  # (B,3) wrist position, metres
+
+    @property
+    def angles(self) -> torch.Tensor:
+        """(B,D) joint angles, degrees, inside the limits."""
+        return angles_from_raw(self.raw)
+
+
+@dataclass
 class HandSkeleton:
     """Rest pose of a rigged hand: what forward kinematics needs (metres, the asset's frame)."""
 
@@ -208,6 +222,10 @@ class HandSkeleton:
         keypoints = joints[:, self.keypoint_joints].index_add(
             1, TIP_KEYPOINTS.to(angles.device), direction * self.tip_extension[:, None].to(angles))
         return keypoints @ rotation.transpose(1, 2) + translation[:, None]
+
+    def pose_keypoints(self, pose: HandPose) -> torch.Tensor:
+        """Poses -> (B,21,3) mano keypoints, metres."""
+        return self.keypoints(pose.angles, pose.rotation, pose.translation)
 
 
 def neutral_angles(batch: int = 1) -> torch.Tensor:

@@ -10,12 +10,12 @@ import trimesh
 import models
 from models.canonical import MODEL_SCALE, canonicalize, transform_points
 from models.data.objects import make_object
-from models.grasps.hand_object import HandPose, RefineConfig, back_off, hand_logits, hand_object_terms, refine
+from models.grasps.hand_object import RefineConfig, back_off, hand_logits, hand_object_terms, refine
 from models.grasps.hand_proxy import fit_proxy
 from models.grasps.metrics import grasp_metrics
 from models.grasps.model import GraspVAE, VAEConfig, kl_divergence, load_vae_weights, save_vae
 from models.grasps.object_input import bps_basis, object_grids, object_points
-from models.hand_pose import angle_bounds, angles_from_raw, neutral_angles, raw_from_angles
+from models.hand_pose import HandPose, angle_bounds, angles_from_raw, neutral_angles, raw_from_angles
 from models.occupancy import OccupancyDecoder
 from models.plausibility import plausible
 from models.train.vae import augment_rotations, load_grasp_data

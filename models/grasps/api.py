@@ -92,7 +92,7 @@ class HaloVAE:
         points = object_points(object_mesh, self.basis, seed=seed)
         centred = object_mesh.copy()
         centred.apply_translation(-points.centre)
-        sdf = object_grids([centred], SDF_GRID, SDF_MARGIN_M) if refine_steps else None
+        sdf = object_grids([centred], SDF_GRID, SDF_MARGIN_M).to(self.device) if refine_steps else None
         keypoints = self._draw(points, sdf, n, seed, refine_steps, refine_config)
         for attempt in range(1, REDRAWS + 1):
             invalid = np.flatnonzero([not is_valid_hand(hand) for hand in keypoints])
@@ -114,12 +114,10 @@ class HaloVAE:
             pose = self.model.decode(latent, code)
         if not refine_steps:
             with torch.no_grad():
-                return self.model.keypoints(pose).double().cpu().numpy()
+                return self.skeleton.pose_keypoints(pose).double().cpu().numpy()
         batched = lambda a: as_tensor(a)[None].expand(n, *np.shape(a))  # noqa: E731
-        keypoints = hand_object.refine(
-            self.base.decoder, self.skeleton, self.proxy,
-            hand_object.HandPose(pose.raw, pose.rotation, pose.translation), sdf.to(self.device),
-            batched(points.shell), batched(points.shell_depth), batched(points.surface), refine_config)
+        keypoints = hand_object.refine(self.base.decoder, self.skeleton, self.proxy, pose, sdf, batched(points.shell),
+                                       batched(points.shell_depth), batched(points.surface), refine_config)
         return keypoints.double().cpu().numpy()
 
     def sample(self, object_mesh: trimesh.Trimesh, n: int = 10, seed: int = 0, refine: bool = True,

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..canonical import MODEL_SCALE, canonicalize, transform_points
-from ..hand_pose import HandSkeleton, angles_from_raw, axis_angle_to_matrix
+from ..hand_pose import HandPose, HandSkeleton, angles_from_raw, axis_angle_to_matrix
 from ..occupancy import HandCode, OccupancyDecoder
 from .hand_proxy import CAPSULES, DISTAL_CAPSULES, FINGER_OF_CAPSULE, HandProxy
 from .object_input import ObjectGrids
@@ -112,15 +112,6 @@ class RefineConfig:
     backoff_max_m: float = 0.03
     backoff_candidates: int = 16  # distances grow quadratically: fine steps first
     backoff_points: int = 256  # shell points nearest the hand that the occupancy network judges
-
-
-@dataclass
-class HandPose:
-    """B hands in the pose space, object-centred frame."""
-
-    raw: torch.Tensor  # (B,D) unbounded angle parameters
-    rotation: torch.Tensor  # (B,3,3)
-    translation: torch.Tensor  # (B,3) wrist position, metres
 
 
 def self_overlap(keypoints: torch.Tensor, proxy: HandProxy) -> torch.Tensor:

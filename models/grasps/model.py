@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..hand_pose import NUM_DOFS, HandSkeleton, angles_from_raw, rotation_6d_to_matrix
+from ..hand_pose import NUM_DOFS, HandPose, HandSkeleton, rotation_6d_to_matrix
 from ..skeleton import NUM_JOINTS
 from ..weights import read_weights, save_weights
 from .object_input import BPS_POINTS, BPS_RADIUS_M
@@ -38,20 +38,6 @@ class VAEConfig:
     hidden: int = 512
     object_code: int = 256
     skeleton_joints: tuple[str, ...] = field(default=())  # joint names of the stored hand skeleton
-
-
-@dataclass
-class DecodedPose:
-    """B decoded hands in the object-centred frame."""
-
-    raw: torch.Tensor  # (B,D) unbounded pose parameters (angles = hand_pose.angles_from_raw(raw))
-    rotation: torch.Tensor  # (B,3,3) hand orientation
-    translation: torch.Tensor  # (B,3) wrist position, metres
-
-    @property
-    def angles(self) -> torch.Tensor:
-        """(B,D) joint angles, degrees, inside the limits."""
-        return angles_from_raw(self.raw)
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -103,19 +89,19 @@ class GraspVAE(nn.Module):
         mean, log_variance = self.encoder(features).chunk(2, dim=1)
         return mean, log_variance.clamp(-10, 10)
 
-    def decode(self, latent: torch.Tensor, code: torch.Tensor) -> DecodedPose:
+    def decode(self, latent: torch.Tensor, code: torch.Tensor) -> HandPose:
         """(B,latent), (B,C) -> decoded poses (object-centred frame)."""
         out = self.decoder(torch.cat([latent, code], dim=1))
         raw, six, wrist = out.split([NUM_DOFS, 6, 3], dim=1)
         # The identity rotation at zero output keeps the first steps of training well conditioned.
         six = six + six.new_tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
-        return DecodedPose(raw, rotation_6d_to_matrix(six), wrist / NETWORK_UNITS_PER_M)
+        return HandPose(raw, rotation_6d_to_matrix(six), wrist / NETWORK_UNITS_PER_M)
 
-    def keypoints(self, pose: DecodedPose) -> torch.Tensor:
+    def keypoints(self, pose: HandPose) -> torch.Tensor:
         """Decoded poses -> (B,21,3) mano keypoints, metres, by forward kinematics."""
-        return self.skeleton.keypoints(pose.angles, pose.rotation, pose.translation)
+        return self.skeleton.pose_keypoints(pose)
 
-    def forward(self, keypoints: torch.Tensor, bps: torch.Tensor) -> tuple[DecodedPose, torch.Tensor, torch.Tensor]:
+    def forward(self, keypoints: torch.Tensor, bps: torch.Tensor) -> tuple[HandPose, torch.Tensor, torch.Tensor]:
         """(B,21,3) metres, (B,K) -> reconstructed pose, posterior mean and log-variance (B,latent)."""
         code = self.object_code(bps)
         mean, log_variance = self.encode(keypoints, code)
