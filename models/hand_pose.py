@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .skeleton import MANO_TIPS
+
 FINGERS = ("index", "middle", "ring", "pinky")
 
 
@@ -77,7 +79,7 @@ MCP_COLUMNS = tuple(DOF_NAMES.index(f"{finger}_mcp_flexion") for finger in FINGE
 SPREAD_COLUMNS = tuple(DOF_NAMES.index(f"{finger}_mcp_spread") for finger in FINGERS)
 TABLE_LOW = torch.tensor([dof.low for dof in JOINT_TABLE])
 TABLE_HIGH = torch.tensor([dof.high for dof in JOINT_TABLE])
-TIP_KEYPOINTS = torch.tensor([4, 8, 12, 16, 20])  # mano keypoints of the fingertips, thumb first
+TIP_KEYPOINTS = torch.as_tensor(MANO_TIPS)  # mano keypoints of the fingertips, thumb first
 
 
 def angle_bounds(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
