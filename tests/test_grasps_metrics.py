@@ -6,12 +6,17 @@ import numpy as np
 import pytest
 import trimesh
 
+from models.geometry import inside_mesh
 from models.grasps.metrics import (
+    _voxel_grid,
     cluster_diversity,
     grasp_metrics,
     mean_pairwise_distance,
     penetration_volume,
+    penetration_volumes,
+    signed_distance,
     summarize,
+    vertex_extremes,
 )
 from models.grasps.object_input import (
     SHELL_DEPTH_M,
@@ -49,6 +54,36 @@ def test_contact_threshold_is_two_millimetres() -> None:
     assert not far["contact"] and far["hand_object_distance_mm"] == pytest.approx(5.0, abs=0.05)
     summary = summarize([near, far])
     assert summary["contact_ratio"] == 0.5 and summary["grasps"] == 2
+
+
+def brute_force_metrics(hand: trimesh.Trimesh, obj: trimesh.Trimesh) -> tuple[float, float, float]:
+    """Penetration volume (every voxel asked), deepest vertex and nearest vertex (every vertex asked)."""
+    grid = _voxel_grid(hand, obj)
+    volume = 0.0
+    if grid is not None:
+        low, voxel, counts = grid
+        index = np.stack(np.meshgrid(*[np.arange(n) for n in counts], indexing="ij"), -1).reshape(-1, 3)
+        voxels = low + (index + 0.5) * voxel
+        volume = int((inside_mesh(hand, voxels) & inside_mesh(obj, voxels)).sum()) * voxel**3 * 1e6
+    distance = signed_distance(obj, np.asarray(hand.vertices))
+    depth = float(-distance.min()) if (distance < 0).any() else 0.0
+    gap = 0.0 if (distance < 0).any() else float(distance.min())
+    return volume, depth, gap
+
+
+def test_screened_metrics_equal_asking_every_voxel_and_vertex() -> None:
+    """The cell screening of penetration_volumes and vertex_extremes changes no value: a round "hand"
+    (in the hollow, deep in the wall, touching, above the rim, far away) against a mug-like object."""
+    obj = trimesh.util.concatenate([trimesh.creation.annulus(0.03, 0.04, 0.08), box(6, (0, 0, -5))])
+    hands = []
+    for centre in ((0.0, 0.0, 0.0), (0.045, 0.0, 0.0), (0.062, 0.0, 0.01), (0.0, 0.0, 0.063), (0.2, 0.0, 0.0)):
+        hand = trimesh.creation.icosphere(subdivisions=3, radius=0.022)
+        hand.apply_translation(centre)
+        hands.append(hand)
+    screened = np.column_stack([penetration_volumes(hands, obj), vertex_extremes(hands, obj)])
+    expected = np.array([brute_force_metrics(hand, obj) for hand in hands])
+    np.testing.assert_allclose(screened, expected, rtol=0, atol=1e-12)
+    assert expected[1, 0] > 5.0 and expected[1, 1] > 0.004 and expected[4, 2] > 0.1  # the cases differ
 
 
 def test_diversity_counts_clusters_and_distances() -> None:

@@ -32,7 +32,7 @@ MAX_SAMPLES = 64
 REDRAWS = 3  # attempts to replace samples that are not valid hand skeletons
 REDRAW_SEED_STEP = 7919
 PROXY_FIT_RESOLUTION = 128
-SDF_GRID = 32  # samples per side of the object's distance grid that refinement reads
+SDF_GRID = 24  # samples per side of the object's distance grid that refinement reads
 SDF_MARGIN_M = 0.03
 
 
@@ -89,7 +89,7 @@ class HaloVAE:
         A sample whose skeleton the base model would refuse (e.g. a collinear palm) is drawn again
         from another latent, so every returned hand can be meshed.
         """
-        points = object_points(object_mesh, self.basis, seed=seed)
+        points = object_points(object_mesh, self.basis, seed=seed, interior=False)
         centred = object_mesh.copy()
         centred.apply_translation(-points.centre)
         sdf = object_grids([centred], SDF_GRID, SDF_MARGIN_M).to(self.device) if refine_steps else None

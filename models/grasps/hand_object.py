@@ -95,10 +95,11 @@ def terms_from_logits(keypoints: torch.Tensor, interior_logits: torch.Tensor, su
 
 @dataclass
 class RefineConfig:
-    steps: int = 40
-    pose_learning_rate: float = 0.08  # raw angle parameters (about 2 degrees per step at mid-range)
-    rotation_learning_rate: float = 0.01  # radians about the wrist
-    translation_learning_rate: float = 0.001  # metres
+    # Few, large steps: 20 at these rates score as well as 40 at half of them, in half the time.
+    steps: int = 20
+    pose_learning_rate: float = 0.16  # raw angle parameters (about 4 degrees per step at mid-range)
+    rotation_learning_rate: float = 0.02  # radians about the wrist
+    translation_learning_rate: float = 0.002  # metres
     margin_m: float = 0.001  # capsules count as penetrating from this close to the object surface
     contact_reach_m: float = 0.02  # fingers whose tip starts farther from the object are not pulled to it
     w_penetration: float = 1.0  # per mm^2

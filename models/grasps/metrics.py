@@ -8,6 +8,7 @@ Units in the returned dicts are in the key names (cm3, mm, cm).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import igl
 import numpy as np
@@ -24,6 +25,7 @@ CONTACT_DISTANCE_M = 0.002
 VOXEL_M = 0.0015
 MAX_VOXELS = 150_000
 COARSE_CELL = 4  # voxels per side of the cells that penetration_volume screens first
+VERTEX_CELL_M = 0.012  # side of the cubes of hand vertices that vertex_extremes screens first
 DIVERSITY_CLUSTERS = 20
 
 
@@ -57,49 +59,77 @@ def _voxel_grid(hand: trimesh.Trimesh, obj: trimesh.Trimesh) -> tuple[np.ndarray
     return low, voxel, counts
 
 
+@dataclass
+class _Cells:
+    """One hand's voxel grid grouped into cells of COARSE_CELL^3 voxels (the last ones may be cut by the grid)."""
+
+    low: np.ndarray  # (3,) grid corner, metres
+    voxel: float  # voxel side, metres
+    counts: np.ndarray  # (3,) voxels per axis
+    index: np.ndarray  # (K,3) cell indices
+    centre: np.ndarray  # (K,3) cell centres, metres
+
+    @property
+    def reach(self) -> float:
+        """Distance from a cell's centre to its farthest corner, metres."""
+        return self.voxel * COARSE_CELL * np.sqrt(3) / 2
+
+    def voxels(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(k,) cell rows -> (k,c,3) voxel centres of those cells (metres) and a (k,c) mask of those in the grid."""
+        offsets = np.stack(np.meshgrid(*[np.arange(COARSE_CELL)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        index = self.index[cells][:, None] * COARSE_CELL + offsets  # (k,c,3)
+        return self.low + (index + 0.5) * self.voxel, (index < self.counts).all(-1)
+
+
+def _cells(hand: trimesh.Trimesh, obj: trimesh.Trimesh) -> _Cells | None:
+    """The cells of the voxel grid over the overlap of the hand's and the object's boxes, None if they do not overlap."""
+    grid = _voxel_grid(hand, obj)
+    if grid is None:
+        return None
+    low, voxel, counts = grid
+    index = np.stack(np.meshgrid(*[np.arange(-(-count // COARSE_CELL)) for count in counts], indexing="ij"), -1)
+    index = index.reshape(-1, 3)
+    return _Cells(low, voxel, counts, index, low + (index + 0.5) * voxel * COARSE_CELL)
+
+
 def penetration_volumes(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh) -> list[float]:
     """Volume inside both meshes per hand, cm3, counted on a grid of 1.5 mm (or coarser) voxels over the
     overlap of the hand's and the object's boxes.
 
-    Exact for that grid, but fast: the voxels are grouped into cells of COARSE_CELL^3 voxels, and only
-    cells whose centre is within the cell's half-diagonal of the inside of both meshes have their voxels
-    tested (signed distances are 1-Lipschitz, so no cell holding a voxel inside both is skipped). Near
+    Exact for that grid, but fast: the voxels are grouped into cells of COARSE_CELL^3 voxels and each
+    mesh is asked about a cell's centre first. Signed distances are 1-Lipschitz, so a cell whose centre
+    is farther than the cell's half-diagonal from a mesh's surface lies wholly on the centre's side of
+    it, and only the cells that a surface may cross have their voxels tested one by one. Distance to
     the hand is judged from its vertices (a surface point is within the longest edge of a vertex). The
-    object is asked about every hand's points in one call, and about fine voxels only once they are
-    inside a hand.
+    object is asked about every hand's points in one call.
     """
-    grids = [_voxel_grid(hand, obj) for hand in hands]
-    cells, centres, reaches = [], [], []
-    for grid in grids:
-        if grid is None:
-            cells.append(np.zeros((0, 3), dtype=int))
-            centres.append(np.zeros((0, 3)))
-            reaches.append(0.0)
+    grids = [_cells(hand, obj) for hand in hands]
+    centres = [grid.centre if grid is not None else np.zeros((0, 3)) for grid in grids]
+    object_distance = _split(signed_distance(obj, np.concatenate(centres)), centres)
+    in_hand, deep_in_object = [], []
+    for hand, grid, distance in zip(hands, grids, object_distance, strict=True):
+        near = np.flatnonzero(distance <= (grid.reach if grid is not None else 0.0))
+        if grid is None or len(near) == 0:
+            in_hand.append(np.zeros((0, 3)))
+            deep_in_object.append(np.zeros(0, dtype=bool))
             continue
-        low, voxel, counts = grid
-        axes = [np.arange(-(-count // COARSE_CELL)) for count in counts]
-        cells.append(np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3))
-        centres.append(low + (cells[-1] + 0.5) * voxel * COARSE_CELL)
-        reaches.append(voxel * COARSE_CELL * np.sqrt(3) / 2)
-    near_object = _split(signed_distance(obj, np.concatenate(centres)), centres)
-    offsets = np.stack(np.meshgrid(*[np.arange(COARSE_CELL)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    voxels = []
-    for hand, grid, cell, centre, reach, object_distance in zip(hands, grids, cells, centres, reaches, near_object,
-                                                                strict=True):
-        near = object_distance <= reach
-        if grid is None or not near.any():
-            voxels.append(np.zeros((0, 3)))
-            continue
-        edges = np.asarray(hand.edges_unique_length).max()
-        vertex_distance = cKDTree(np.asarray(hand.vertices)).query(centre[near])[0]
-        near[near] = (vertex_distance <= reach + edges) | inside_mesh(hand, centre[near])
-        low, voxel, counts = grid
-        index = (cell[near][:, None] * COARSE_CELL + offsets[None]).reshape(-1, 3)
-        voxels.append(low + voxel / 2 + index[(index < counts).all(axis=1)] * voxel)
-    # Each hand first (a few thousand voxels each), then the object once for all voxels inside a hand.
-    in_hand = [points[inside_mesh(hand, points)] for hand, points in zip(hands, voxels, strict=True)]
-    in_both = _split(inside_mesh(obj, np.concatenate(in_hand)), in_hand)
-    return [0.0 if grid is None else int(both.sum()) * grid[1] ** 3 * 1e6 for grid, both in zip(grids, in_both, strict=True)]
+        crossed = cKDTree(np.asarray(hand.vertices)).query(grid.centre[near])[0] <= grid.reach + _longest_edge(hand)
+        voxels, valid = grid.voxels(near)  # (k,c,3), (k,c)
+        # One call per hand: the voxels of the cells its surface may cross, the centres of the others.
+        fine = valid & crossed[:, None]
+        answers = inside_mesh(hand, np.concatenate([voxels[fine], grid.centre[near[~crossed]]]))
+        inside = np.zeros(valid.shape, dtype=bool)
+        inside[~crossed] = answers[int(fine.sum()):, None]
+        inside[fine] = answers[: int(fine.sum())]
+        inside &= valid
+        in_hand.append(voxels[inside])
+        deep = np.broadcast_to((distance[near] < -grid.reach)[:, None], valid.shape)
+        deep_in_object.append(deep[inside])
+    # The object decides the voxels inside a hand, except in cells wholly inside it.
+    ask = [points[~deep] for points, deep in zip(in_hand, deep_in_object, strict=True)]
+    answers = _split(inside_mesh(obj, np.concatenate(ask)), ask)
+    return [0.0 if grid is None else (int(deep.sum()) + int(answer.sum())) * grid.voxel ** 3 * 1e6
+            for grid, deep, answer in zip(grids, deep_in_object, answers, strict=True)]
 
 
 def penetration_volume(hand: trimesh.Trimesh, obj: trimesh.Trimesh) -> float:
@@ -107,20 +137,69 @@ def penetration_volume(hand: trimesh.Trimesh, obj: trimesh.Trimesh) -> float:
     return penetration_volumes([hand], obj)[0]
 
 
+def _unique_cells(points: np.ndarray, side: float) -> tuple[np.ndarray, np.ndarray]:
+    """(N,3) points, cube side (metres) -> (K,3) integer indices of the occupied cubes, (N,) cube of each point."""
+    index = np.floor(points / side).astype(np.int64)
+    low = index.min(0)
+    shape = index.max(0) - low + 1
+    keys, cube = np.unique(np.ravel_multi_index((index - low).T, shape), return_inverse=True)
+    return np.stack(np.unravel_index(keys, shape), -1) + low, cube.ravel()
+
+
+def _longest_edge(mesh: trimesh.Trimesh) -> float:
+    """Longest edge of a triangle mesh, metres."""
+    corners = np.asarray(mesh.vertices)[np.asarray(mesh.faces)]
+    return float(np.linalg.norm(corners - np.roll(corners, 1, axis=1), axis=-1).max())
+
+
+def vertex_extremes(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh) -> list[tuple[float, float]]:
+    """Hand meshes, object mesh (metres) -> per hand (deepest vertex inside the object, 0 if none; nearest
+    vertex's distance to the object surface, 0 if a vertex is inside), metres.
+
+    Exact, without asking the object about every vertex: vertices are grouped into cubes of
+    VERTEX_CELL_M, the object is asked about each cube's centre, and a cube farther than its
+    half-diagonal from the object's surface is wholly inside or outside (1-Lipschitz). Only the vertices of
+    cubes that may hold the answer are then measured: those near the surface, all inside ones, and
+    outside ones whose bound could beat the nearest vertex found so far.
+    """
+    reach = VERTEX_CELL_M * np.sqrt(3) / 2
+    cells = [_unique_cells(np.asarray(hand.vertices), VERTEX_CELL_M) for hand in hands]
+    centres = [(index + 0.5) * VERTEX_CELL_M for index, _ in cells]
+    centre_distance = _split(signed_distance(obj, np.concatenate(centres)), centres)
+    # First pass: the vertices of cubes near or inside the surface (sign and distance both needed).
+    first = []
+    for (_, vertex_cell), distance in zip(cells, centre_distance, strict=True):
+        first.append(distance[vertex_cell] <= reach)
+    asked = [np.asarray(hand.vertices)[chosen] for hand, chosen in zip(hands, first, strict=True)]
+    signed = _split(signed_distance(obj, np.concatenate(asked)), asked)
+    # Second pass, only for hands with no vertex inside: outside cubes that might hold a nearer vertex.
+    second = []
+    for hand, (_, vertex_cell), distance, chosen, values in zip(hands, cells, centre_distance, first, signed, strict=True):
+        if (values < 0).any():
+            second.append(np.zeros((0, 3)))
+            continue
+        bound = values.min() if len(values) else (distance + reach).min()
+        lower = distance[vertex_cell] - reach
+        second.append(np.asarray(hand.vertices)[~chosen & (lower < bound)])
+    unsigned = _split(surface_distance(obj, np.concatenate(second)), second)
+    extremes = []
+    for values, more in zip(signed, unsigned, strict=True):
+        if (values < 0).any():
+            extremes.append((float(-values.min()), 0.0))
+        else:
+            extremes.append((0.0, float(np.concatenate([values, more]).min())))
+    return extremes
+
+
 def grasp_metrics_many(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh) -> list[dict[str, float | bool]]:
     """Hand meshes against one object mesh (same frame, metres) -> per hand: penetration, distance and contact."""
-    vertices = [np.asarray(hand.vertices) for hand in hands]
-    signed = _split(signed_distance(obj, np.concatenate(vertices)), vertices)
     metrics = []
-    for distance, volume in zip(signed, penetration_volumes(hands, obj), strict=True):
-        inside = distance < 0
-        depth = float(-distance[inside].min()) if inside.any() else 0.0
-        gap = 0.0 if inside.any() else float(distance.min())
+    for (depth, gap), volume in zip(vertex_extremes(hands, obj), penetration_volumes(hands, obj), strict=True):
         metrics.append({
             "penetration_volume_cm3": volume,
             "max_penetration_depth_mm": depth * 1e3,
             "hand_object_distance_mm": gap * 1e3,
-            "contact": bool(inside.any() or gap <= CONTACT_DISTANCE_M),
+            "contact": bool(depth > 0 or gap <= CONTACT_DISTANCE_M),
         })
     return metrics
 

@@ -80,7 +80,7 @@ class ObjectPoints:
     centre: np.ndarray  # (3,) bounding-box centre in the input frame
     bps: np.ndarray  # (K,) distance of each basis point to the surface
     surface: np.ndarray  # (S,3) area-uniform surface samples
-    interior: np.ndarray  # (I,3) samples inside the object (surface samples if it has no inside)
+    interior: np.ndarray | None  # (I,3) samples inside the object (surface samples if it has no inside); None if not drawn
     shell: np.ndarray  # (H,3) samples inside the object within SHELL_DEPTH_M of its surface
     shell_depth: np.ndarray  # (H,) distance of each shell sample to the surface (0 if it has no inside)
 
@@ -116,17 +116,19 @@ def shell_samples(mesh: trimesh.Trimesh, count: int, rng: np.random.Generator) -
     return found, surface_distance(mesh, found)
 
 
-def object_points(mesh: trimesh.Trimesh, basis: np.ndarray, seed: int = 0) -> ObjectPoints:
-    """Validated mesh (metres), (K,3) BPS basis -> ObjectPoints in the bounding-box-centred frame."""
+def object_points(mesh: trimesh.Trimesh, basis: np.ndarray, seed: int = 0, interior: bool = True) -> ObjectPoints:
+    """Validated mesh (metres), (K,3) BPS basis -> ObjectPoints in the bounding-box-centred frame.
+
+    The interior samples feed only the training losses; sampling grasps skips them (``interior=False``)."""
     rng = np.random.default_rng(seed)
     centre = mesh.bounds.mean(axis=0)
     centred = mesh.copy()
     centred.apply_translation(-centre)
     surface = trimesh.sample.sample_surface(centred, SURFACE_POINTS, seed=rng)[0]
-    interior = interior_samples(centred, INTERIOR_POINTS, rng)
+    inside = interior_samples(centred, INTERIOR_POINTS, rng) if interior else None
     shell, shell_depth = shell_samples(centred, SHELL_POINTS, rng)
     return ObjectPoints(centre=centre, bps=surface_distance(centred, basis), surface=np.asarray(surface),
-                        interior=interior, shell=shell, shell_depth=shell_depth)
+                        interior=inside, shell=shell, shell_depth=shell_depth)
 
 
 @dataclass
