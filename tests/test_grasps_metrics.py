@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from models.geometry import inside_mesh
+from models.geometry import inside_closed_mesh, inside_mesh
 from models.grasps.metrics import (
     _voxel_grid,
     cluster_diversity,
@@ -54,6 +54,27 @@ def test_contact_threshold_is_two_millimetres() -> None:
     assert not far["contact"] and far["hand_object_distance_mm"] == pytest.approx(5.0, abs=0.05)
     summary = summarize([near, far])
     assert summary["contact_ratio"] == 0.5 and summary["grasps"] == 2
+
+
+def test_parity_inside_test_agrees_with_the_winding_number() -> None:
+    """Closed meshes: the same answers on a voxel lattice whose vertical lines pass exactly through the
+    box's edges and corners (each must count one crossing) and at random points; an open mesh falls
+    back to the winding number."""
+    rng = np.random.default_rng(0)
+    cube = box(4, (0, 0, 0), subdivisions=1)  # corners and edge midpoints at multiples of 1 cm
+    lattice = np.stack(np.meshgrid(*[np.linspace(-0.03, 0.03, 13)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    lattice[:, 2] += 1e-4  # off the top and bottom faces
+    lattice = lattice[~np.isclose(np.abs(lattice[:, :2]), 0.02).any(1)]  # not on the cube's sides
+    ring = trimesh.creation.annulus(0.02, 0.035, 0.05)
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.03)
+    for mesh in (cube, ring, sphere):
+        points = np.concatenate([lattice, rng.uniform(-0.04, 0.04, size=(2000, 3))])
+        inside = inside_closed_mesh(mesh, points)
+        np.testing.assert_array_equal(inside, inside_mesh(mesh, points))
+        assert 0 < inside.sum() < len(points)
+    open_box = box(4, (0, 0, 0), subdivisions=0)
+    open_box.faces = open_box.faces[:-2]
+    np.testing.assert_array_equal(inside_closed_mesh(open_box, lattice), inside_mesh(open_box, lattice))
 
 
 def brute_force_metrics(hand: trimesh.Trimesh, obj: trimesh.Trimesh) -> tuple[float, float, float]:
