@@ -27,7 +27,7 @@ def run_grasp_benchmark(args: argparse.Namespace) -> int:
     base = models.load_base(args.base_checkpoint, device="cpu")
     vae = models.load_vae(args.checkpoint, base=base, device="cpu")
     objects = [make_object(index) for index in split_indices("test", args.objects)]
-    vae.sample(objects[0][0], n=2, seed=0, resolution=64)  # warm-up
+    vae.sample(objects[0][0], n=2, seed=0, resolution=args.resolution)  # warm-up: steady-state latency is measured
     print(f"vae {vae.card.get('sha256', '')[:12]}, base {base.card.get('sha256', '')[:12]}, n={args.samples}, "
           f"resolution {args.resolution}, torch threads {args.threads}")
     rows = []

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     auth_token: str | None = Field(None, description="If set, both protocols require 'Bearer <token>'.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
     log_level: str = Field("info", description="Python log level name.")
-    warmup: bool = Field(True, description="Mesh one hand at start-up before reporting ready.")
+    warmup: bool = Field(True, description="Mesh one hand and sample two grasps at start-up before reporting ready.")
     grace_period_s: float = Field(30.0, ge=0, description="Time given to accepted requests on SIGTERM.")
 
     @model_validator(mode="after")

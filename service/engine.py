@@ -120,6 +120,9 @@ class Engine:
         if self.settings.warmup:
             started = time.perf_counter()
             await self.mesh_lane.run_blocking(self._warm_up)
+            if self.vae is not None:
+                # The first grasp request would otherwise pay about a second of one-time set-up.
+                await self.grasp_lane.run_blocking(self._warm_up_grasps)
             log.info("warm-up done", extra={"seconds": round(time.perf_counter() - started, 3)})
         self.ready = True
         self.metrics.ready.set(1)
@@ -155,6 +158,10 @@ class Engine:
         kps = np.asarray(sample["keypoints"], dtype=np.float64)[None]
         resolution = min(self.settings.resolutions)
         self.base.mesh_with_stats(kps, joint_order=sample["joint_order"], hand=sample["hand"], resolution=resolution)
+
+    def _warm_up_grasps(self) -> None:
+        cube = trimesh.creation.box(extents=(0.06, 0.06, 0.06))
+        self.vae.sample(cube, n=2, seed=0, refine=True, resolution=min(self.settings.resolutions))
 
     def describe(self) -> dict:
         """What is loaded: per model its card and device, or why it is unavailable."""
