@@ -32,7 +32,7 @@ MAX_SAMPLES = 64
 REDRAWS = 3  # attempts to replace samples that are not valid hand skeletons
 REDRAW_SEED_STEP = 7919
 PROXY_FIT_RESOLUTION = 128
-SDF_GRID = 24  # samples per side of the object's distance grid that refinement reads
+SDF_GRID = 20  # samples per side of the object's distance grid that refinement reads
 SDF_MARGIN_M = 0.03
 
 

@@ -112,7 +112,7 @@ class RefineConfig:
     backoff_target_m: float = 0.003  # 0: no back-off
     backoff_max_m: float = 0.03
     backoff_candidates: int = 16  # distances grow quadratically: fine steps first
-    backoff_points: int = 256  # shell points nearest the hand that the occupancy network judges
+    backoff_points: int = 128  # shell points nearest the hand that the occupancy network judges
 
 
 def self_overlap(keypoints: torch.Tensor, proxy: HandProxy) -> torch.Tensor:
