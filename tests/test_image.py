@@ -207,8 +207,11 @@ def test_healthcheck_turns_healthy(container: dict[str, str]) -> None:
 
 
 def test_sigterm_during_a_request_lets_it_finish_and_the_container_exits_0(container: dict[str, str]) -> None:
+    # Enough work (several seconds) that the request is surely still running when SIGTERM arrives:
+    # a small grasp request now finishes within one poll of the metrics.
+    samples = 32
     body = {"object": {"vertices": _mug().vertices.tolist(), "faces": _mug().faces.tolist()},
-            "num_samples": 2, "seed": 1, "resolution": 64}
+            "num_samples": samples, "seed": 1, "resolution": 128}
     outcome: dict = {}
 
     def grasp_request() -> None:
@@ -225,7 +228,7 @@ def test_sigterm_during_a_request_lets_it_finish_and_the_container_exits_0(conta
         return any(line.startswith("halo_inflight_requests ") and float(line.split()[1]) >= 1
                    for line in metrics.splitlines())
 
-    _wait_for(in_flight, 30, "the grasp request in flight")
+    _wait_for(in_flight, 30, "the grasp request in flight", interval_s=0.05)
     started = time.monotonic()
     stop = podman("stop", "--time", "60", CONTAINER, timeout=90)
     stopped_after = time.monotonic() - started
@@ -233,7 +236,7 @@ def test_sigterm_during_a_request_lets_it_finish_and_the_container_exits_0(conta
     assert "error" not in outcome, outcome.get("error")
     response = outcome["response"]
     assert response.status_code == 200, response.text
-    assert len(response.json()["grasps"]) == 2
+    assert len(response.json()["grasps"]) == samples
     state = _inspect()["State"]
     assert state["ExitCode"] == 0 and not state["OOMKilled"], (stop.stdout, stop.stderr, state)
     print(f"podman stop returned after {stopped_after:.1f} s with the request in flight")

@@ -51,8 +51,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
+def _wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.5) -> Any:
+    """Poll ``condition`` every ``interval_s`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -63,7 +63,7 @@ def _wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
             return result
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.5)
+        time.sleep(interval_s)
 
 
 def _stop(process: subprocess.Popen) -> None:
