@@ -31,6 +31,10 @@ AXIS_SAMPLES = 5  # points along each capsule's axis where the object's distance
 CAPSULES = torch.tensor(BONE_CAPSULES + PALM_CAPSULES)  # (C,2) mano keypoint pairs
 # The distal segment of each finger (thumb first): where grasp contact is made.
 DISTAL_CAPSULES = torch.tensor([joint - 1 for joint in MANO_TIPS])
+# The segment before it (the thumb's proximal phalanx, the fingers' middle phalanges).
+MIDDLE_CAPSULES = DISTAL_CAPSULES - 1
+# The capsules across the palm.
+PALM_CAPSULE_ROWS = torch.arange(len(BONE_CAPSULES), len(BONE_CAPSULES) + len(PALM_CAPSULES))
 # Capsule -> finger (0 thumb .. 4 pinky) for the phalanx capsules beyond the first bone, -1 otherwise.
 FINGER_OF_CAPSULE = torch.tensor([(joint - 1) // 4 if (joint - 1) % 4 else -1 for joint in range(1, 21)]
                                  + [-1] * len(PALM_CAPSULES))
