@@ -120,11 +120,11 @@ def test_a_mug_is_made_of_convex_pieces_and_a_box_is_its_hull() -> None:
 
 def test_bad_inputs_are_refused_naming_the_field(fist_and_ball) -> None:
     radii, fist, ball = fist_and_ball
-    with pytest.raises(physics.PhysicsError, match="^keypoints"):
+    with pytest.raises(physics.PhysicsError, match=r"^keypoints"):
         physics.check_grasps(fist[:20][None], radii, ball)
-    with pytest.raises(physics.PhysicsError, match="^radii"):
+    with pytest.raises(physics.PhysicsError, match=r"^radii"):
         physics.check_grasps(fist[None], -radii, ball)
-    with pytest.raises(physics.PhysicsError, match="^directions"):
+    with pytest.raises(physics.PhysicsError, match=r"^directions"):
         physics.check_grasps(fist[None], radii, ball, directions=np.zeros((1, 3)))
-    with pytest.raises(physics.PhysicsError, match="^density"):
+    with pytest.raises(physics.PhysicsError, match=r"^density"):
         physics.check_grasps(fist[None], radii, ball, density=0.0)
