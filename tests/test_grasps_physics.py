@@ -128,3 +128,15 @@ def test_bad_inputs_are_refused_naming_the_field(fist_and_ball) -> None:
         physics.check_grasps(fist[None], radii, ball, directions=np.zeros((1, 3)))
     with pytest.raises(physics.PhysicsError, match=r"^density"):
         physics.check_grasps(fist[None], radii, ball, density=0.0)
+
+
+def test_rank_stability_returns_the_most_stable_of_twice_as_many_samples(vae) -> None:
+    obj, _ = make_object(split_indices("test", 2)[1])
+    everything = vae.sample(obj, n=4, seed=2, refine=False, resolution=64, physics=True)
+    ranked = vae.sample(obj, n=2, seed=2, refine=False, resolution=64, rank="stability")
+    key = lambda grasp: (grasp.metrics["sim_displacement_worst_cm"], grasp.metrics["sim_displacement_cm"])  # noqa: E731
+    assert [key(grasp) for grasp in ranked] == sorted(key(grasp) for grasp in everything)[:2]
+    plain = vae.sample(obj, n=1, seed=2, refine=False, resolution=64)
+    assert "stable" not in plain[0].metrics  # off by default
+    with pytest.raises(ValueError, match=r"^rank"):
+        vae.sample(obj, n=1, rank="best")

@@ -1,4 +1,4 @@
-"""The public grasp model: ``vae.sample(object_mesh, n, seed, refine=True) -> list[Grasp]``."""
+"""The public grasp model: ``vae.sample(object_mesh, n, seed, refine=True, physics=False, rank=None) -> list[Grasp]``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..hand_pose import neutral_angles
 from . import hand_object
 from .hand_proxy import HandProxy, fit_proxy
 from .metrics import grasp_metrics_many
+from .physics import check_grasps
 from .model import GraspVAE, load_vae_weights
 from .object_input import (
     ObjectError,
@@ -34,6 +35,8 @@ REDRAW_SEED_STEP = 7919
 PROXY_FIT_RESOLUTION = 128
 SDF_GRID = 20  # samples per side of the object's distance grid that refinement reads
 SDF_MARGIN_M = 0.03
+RANKS = (None, "none", "stability")
+RANK_CANDIDATES = 2  # rank="stability" draws this many candidates per returned grasp (within the sample limit)
 
 
 def is_valid_hand(keypoints: np.ndarray) -> bool:
@@ -121,19 +124,38 @@ class HaloVAE:
         return keypoints.double().cpu().numpy()
 
     def sample(self, object_mesh: trimesh.Trimesh, n: int = 10, seed: int = 0, refine: bool = True,
-               resolution: int = 128) -> list[Grasp]:
-        """Object mesh (metres) -> n grasps, each with keypoints (21,3), hand mesh and metrics; raises ObjectError."""
+               resolution: int = 128, physics: bool = False, rank: str | None = None,
+               max_candidates: int = MAX_SAMPLES) -> list[Grasp]:
+        """Object mesh (metres) -> n grasps, each with keypoints (21,3), hand mesh and metrics; raises ObjectError.
+
+        ``physics``: add the MuJoCo check's fields (``physics.PhysicsResult.metrics``). ``rank="stability"``
+        implies it: draws ``RANK_CANDIDATES * n`` samples (at most ``max_candidates``), returns the n that
+        moved least under gravity (worst direction first, then the mean), and meshes only those.
+        """
         obj = validate_object(object_mesh)
         if not isinstance(n, int | np.integer) or not 1 <= n <= MAX_SAMPLES:
             raise GraspRequestError(f"n: expected an integer from 1 to {MAX_SAMPLES}, got {n!r}")
+        if rank not in RANKS:
+            raise GraspRequestError(f"rank: expected one of none, stability, got {rank!r}")
+        ranked = rank == "stability"
+        draw = max(int(n), min(RANK_CANDIDATES * int(n), max_candidates, MAX_SAMPLES)) if ranked else int(n)
         started = time.perf_counter()
-        keypoints = self.sample_keypoints(obj, int(n), seed, refine)
+        keypoints = self.sample_keypoints(obj, draw, seed, refine)
         sampled = time.perf_counter()
+        simulated = [result.metrics() for result in check_grasps(keypoints, self.proxy.radii.numpy(), obj)] \
+            if physics or ranked else [{} for _ in keypoints]
+        if ranked:
+            order = sorted(range(draw), key=lambda i: (simulated[i]["sim_displacement_worst_cm"],
+                                                       simulated[i]["sim_displacement_cm"]))[:n]
+            keypoints, simulated = keypoints[order], [simulated[i] for i in order]
+        checked = time.perf_counter()
         meshes = self.base.mesh(keypoints, resolution=resolution)
         meshed = time.perf_counter()
-        grasps = [Grasp(keypoints=joints, mesh=mesh, metrics={**metrics, "refined": bool(refine)})
-                  for joints, mesh, metrics in zip(keypoints, meshes, grasp_metrics_many(meshes, obj), strict=True)]
-        timing = {"sample_s": sampled - started, "mesh_s": meshed - sampled, "metrics_s": time.perf_counter() - meshed}
+        grasps = [Grasp(keypoints=joints, mesh=mesh, metrics={**metrics, **extra, "refined": bool(refine)})
+                  for joints, mesh, metrics, extra in zip(keypoints, meshes, grasp_metrics_many(meshes, obj), simulated,
+                                                          strict=True)]
+        timing = {"sample_s": sampled - started, "physics_s": checked - sampled, "mesh_s": meshed - checked,
+                  "metrics_s": time.perf_counter() - meshed}
         for grasp in grasps:
             grasp.metrics["batch_timing"] = timing
         return grasps
