@@ -16,7 +16,6 @@ from ..hand_pose import neutral_angles
 from . import hand_object
 from .hand_proxy import HandProxy, fit_proxy
 from .metrics import grasp_metrics_many
-from .physics import check_grasps
 from .model import GraspVAE, load_vae_weights
 from .object_input import (
     ObjectError,
@@ -27,6 +26,7 @@ from .object_input import (
     object_points,
     validate_object,
 )
+from .physics import check_grasps
 
 SHIPPED_VAE = CHECKPOINT_DIR / "halo_vae.safetensors"
 MAX_SAMPLES = 64
