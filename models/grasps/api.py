@@ -26,7 +26,7 @@ from .object_input import (
     object_points,
     validate_object,
 )
-from .physics import check_grasps
+from .physics import RANK_CANDIDATES, check_grasps, most_stable
 
 SHIPPED_VAE = CHECKPOINT_DIR / "halo_vae.safetensors"
 MAX_SAMPLES = 64
@@ -36,7 +36,6 @@ PROXY_FIT_RESOLUTION = 128
 SDF_GRID = 20  # samples per side of the object's distance grid that refinement reads
 SDF_MARGIN_M = 0.03
 RANKS = (None, "none", "stability")
-RANK_CANDIDATES = 2  # rank="stability" draws this many candidates per returned grasp (within the sample limit)
 
 
 def is_valid_hand(keypoints: np.ndarray) -> bool:
@@ -142,12 +141,11 @@ class HaloVAE:
         started = time.perf_counter()
         keypoints = self.sample_keypoints(obj, draw, seed, refine)
         sampled = time.perf_counter()
-        simulated = [result.metrics() for result in check_grasps(keypoints, self.proxy.radii.numpy(), obj)] \
-            if physics or ranked else [{} for _ in keypoints]
+        results = check_grasps(keypoints, self.proxy.radii.numpy(), obj) if physics or ranked else []
         if ranked:
-            order = sorted(range(draw), key=lambda i: (simulated[i]["sim_displacement_worst_cm"],
-                                                       simulated[i]["sim_displacement_cm"]))[:n]
-            keypoints, simulated = keypoints[order], [simulated[i] for i in order]
+            order = most_stable(results, int(n))
+            keypoints, results = keypoints[order], [results[i] for i in order]
+        simulated = [result.metrics() for result in results] or [{} for _ in keypoints]
         checked = time.perf_counter()
         meshes = self.base.mesh(keypoints, resolution=resolution)
         meshed = time.perf_counter()

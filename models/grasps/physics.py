@@ -77,6 +77,7 @@ COACD_SEED = 0
 COACD_SEARCH = {"resolution": 500, "mcts_iterations": 30, "mcts_nodes": 10, "mcts_max_depth": 2}
 MIN_PIECE_VOLUME_M3 = 1e-9  # pieces under 1 mm3 are dropped (MuJoCo refuses flat hulls)
 PIECE_CACHE_SIZE = 32
+RANK_CANDIDATES = 2  # ranking by stability draws this many samples per grasp it returns
 
 
 def _route_warning(message: str) -> None:
@@ -270,3 +271,8 @@ def check_grasps(keypoints: np.ndarray, radii: np.ndarray, obj: trimesh.Trimesh,
     _check_inputs(keypoints, radii, directions, density)
     pieces = convex_pieces(obj)
     return [simulate(build_model(hand, radii, pieces, density), directions) for hand in keypoints]
+
+
+def most_stable(results: list[PhysicsResult], n: int) -> list[int]:
+    """Physics results -> indices of the n most stable (smallest worst displacement, then smallest mean)."""
+    return sorted(range(len(results)), key=lambda i: (results[i].worst_cm, results[i].mean_cm))[:n]
