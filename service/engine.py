@@ -287,6 +287,8 @@ class Engine:
         resolution = self.resolution(resolution)
         try:
             obj = grasps.validate_object(obj)
+            if physics or rank == "stability":
+                grasps.check_physics_object(obj)
         except ValueError as error:
             raise InputError(str(error)) from error
         vae = self.require("vae")

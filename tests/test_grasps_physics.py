@@ -128,6 +128,9 @@ def test_bad_inputs_are_refused_naming_the_field(fist_and_ball) -> None:
         physics.check_grasps(fist[None], radii, ball, directions=np.zeros((1, 3)))
     with pytest.raises(physics.PhysicsError, match=r"^density"):
         physics.check_grasps(fist[None], radii, ball, density=0.0)
+    flat = trimesh.Trimesh([[0, 0, 0], [0.1, 0, 0], [0, 0.1, 0], [0.1, 0.1, 0]], [[0, 1, 2], [1, 3, 2]])
+    with pytest.raises(physics.PhysicsError, match=r"^object: .*flat"):
+        physics.check_grasps(fist[None], radii, flat)
 
 
 def test_rank_stability_returns_the_most_stable_of_twice_as_many_samples(vae) -> None:

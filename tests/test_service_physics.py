@@ -57,12 +57,16 @@ def test_rest_rank_stability_returns_the_most_stable_first(grasp_server, box):
     assert [_key(g) for g in ranked] == sorted(_key(g) for g in drawn)[:3]
 
 
-def test_rest_refuses_an_unknown_rank_naming_the_field(grasp_server, box):
+def test_rest_refuses_an_unknown_rank_and_a_flat_object_naming_the_field(grasp_server, box):
+    flat = {"vertices": [[0, 0, 0], [0.1, 0, 0], [0, 0.1, 0], [0.1, 0.1, 0]], "faces": [[0, 1, 2], [1, 3, 2]]}
     with RestClient(grasp_server.http_url) as client:
         response = client.http.post("/grasps", json={"object": {"vertices": box.vertices.tolist(),
                                                                  "faces": box.faces.tolist()}, "rank": "best"})
-    assert response.status_code == 422
-    assert response.json()["detail"].startswith("rank")
+        assert response.status_code == 422
+        assert response.json()["detail"].startswith("rank")
+        response = client.http.post("/grasps", json={"object": flat, "physics": True})
+        assert response.status_code == 422
+        assert response.json()["detail"].startswith("object: ")
 
 
 def test_grpc_physics_and_rank_on_generate_and_stream(grasp_server, box):

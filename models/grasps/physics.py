@@ -49,6 +49,7 @@ import coacd
 import mujoco
 import numpy as np
 import trimesh
+from scipy.spatial import ConvexHull, QhullError
 
 from .hand_proxy import CAPSULES, PALM_CAPSULES
 
@@ -76,6 +77,7 @@ COACD_SEED = 0
 # A lighter search than CoACD's defaults: 0.2-0.9 s instead of 1-40 s per piece, within 1 % of the same volume.
 COACD_SEARCH = {"resolution": 500, "mcts_iterations": 30, "mcts_nodes": 10, "mcts_max_depth": 2}
 MIN_PIECE_VOLUME_M3 = 1e-9  # pieces under 1 mm3 are dropped (MuJoCo refuses flat hulls)
+MIN_OBJECT_VOLUME_M3 = 1e-7  # an object whose hull holds under 0.1 cm3 is flat: nothing to drop
 PIECE_CACHE_SIZE = 32
 RANK_CANDIDATES = 2  # ranking by stability draws this many samples per grasp it returns
 
@@ -165,6 +167,17 @@ def _decompose(obj: trimesh.Trimesh) -> tuple[np.ndarray, ...]:
         hulls.extend(trimesh.Trimesh(vertices, faces).convex_hull for vertices, faces in parts)
     pieces = tuple(np.asarray(hull.vertices, dtype=np.float64) for hull in hulls if hull.volume > MIN_PIECE_VOLUME_M3)
     return pieces or (np.asarray(obj.convex_hull.vertices, dtype=np.float64),)
+
+
+def check_object(obj: trimesh.Trimesh) -> None:
+    """Raise PhysicsError (``object: ...``) unless the mesh (metres) encloses a volume a body can be made of."""
+    try:
+        volume = ConvexHull(np.asarray(obj.vertices, dtype=np.float64)).volume
+    except QhullError:
+        volume = 0.0
+    if volume < MIN_OBJECT_VOLUME_M3:
+        raise PhysicsError(f"object: its convex hull holds {volume * 1e6:.3g} cm3; the physics check needs a solid "
+                           f"of at least {MIN_OBJECT_VOLUME_M3 * 1e6:g} cm3 (a flat or degenerate mesh cannot be dropped)")
 
 
 _piece_cache: OrderedDict[str, tuple[np.ndarray, ...]] = OrderedDict()
@@ -269,6 +282,7 @@ def check_grasps(keypoints: np.ndarray, radii: np.ndarray, obj: trimesh.Trimesh,
     radii = np.asarray(radii, dtype=np.float64)
     directions = np.asarray(directions, dtype=np.float64)
     _check_inputs(keypoints, radii, directions, density)
+    check_object(obj)
     pieces = convex_pieces(obj)
     return [simulate(build_model(hand, radii, pieces, density), directions) for hand in keypoints]
 
