@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -181,18 +182,21 @@ def check_object(obj: trimesh.Trimesh) -> None:
 
 
 _piece_cache: OrderedDict[str, tuple[np.ndarray, ...]] = OrderedDict()
+_piece_cache_lock = threading.Lock()  # grasp workers may share the cache
 
 
 def convex_pieces(obj: trimesh.Trimesh) -> tuple[np.ndarray, ...]:
     """Object mesh, metres -> vertices (V,3) of each convex piece (least recently used cache of 32 meshes)."""
     key = _mesh_key(obj)
-    if key in _piece_cache:
-        _piece_cache.move_to_end(key)
-        return _piece_cache[key]
+    with _piece_cache_lock:
+        if key in _piece_cache:
+            _piece_cache.move_to_end(key)
+            return _piece_cache[key]
     pieces = _decompose(obj)
-    _piece_cache[key] = pieces
-    while len(_piece_cache) > PIECE_CACHE_SIZE:
-        _piece_cache.popitem(last=False)
+    with _piece_cache_lock:
+        _piece_cache[key] = pieces
+        while len(_piece_cache) > PIECE_CACHE_SIZE:
+            _piece_cache.popitem(last=False)
     return pieces
 
 
