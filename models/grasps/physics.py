@@ -83,6 +83,10 @@ PIECE_CACHE_SIZE = 32
 RANK_CANDIDATES = 2  # ranking by stability draws this many samples per grasp it returns
 
 
+DIVERGENCE_WARNINGS = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
+                       mujoco.mjtWarning.mjWARN_BADQACC)
+
+
 def _route_warning(message: str) -> None:
     """MuJoCo warning text -> Python logging (instead of MUJOCO_LOG.TXT in the working directory)."""
     log.warning("mujoco: %s", message)
@@ -239,7 +243,7 @@ def build_model(keypoints: np.ndarray, radii: np.ndarray, pieces: tuple[np.ndarr
     spec.option.timestep = TIMESTEP_S
     spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
     spec.option.noslip_iterations = NOSLIP_ITERATIONS
-    spec.option.gravity = [0.0, 0.0, 0.0]  # set per direction on each MjData's copy of the model
+    spec.option.gravity = [0.0, 0.0, 0.0]  # the settle has none; ``simulate`` sets it per direction
     friction = [SLIDING_FRICTION, TORSIONAL_FRICTION_M, ROLLING_FRICTION_M]
     contact = {"friction": friction, "condim": CONDIM, "margin": SKIN_MARGIN_M, "solref": [CONTACT_TIMECONST_S, 1.0]}
     for (start, end), radius in zip(CAPSULES.tolist(), radii, strict=True):
@@ -256,12 +260,19 @@ def build_model(keypoints: np.ndarray, radii: np.ndarray, pieces: tuple[np.ndarr
     return spec.compile()
 
 
+def _diverged(data: mujoco.MjData) -> bool:
+    """Whether MuJoCo met a NaN or huge value (it then resets the state; such an object counts as dropped)."""
+    return any(data.warning[kind].number > 0 for kind in DIVERGENCE_WARNINGS)
+
+
 def simulate(model: mujoco.MjModel, directions: np.ndarray = AXIS_DIRECTIONS) -> PhysicsResult:
     """Compiled grasp model, (G,3) gravity directions -> displacement of the object under each, after the settle."""
     data = mujoco.MjData(model)
     mujoco.mj_forward(model, data)
     start = data.xipos[1].copy()
     mujoco.mj_step(model, data, nstep=round(SETTLE_S / TIMESTEP_S))
+    if _diverged(data):
+        return PhysicsResult(np.full(len(directions), free_fall_cm()), free_fall_cm())
     data.qvel[:] = 0.0
     mujoco.mj_forward(model, data)
     settled = data.xipos[1].copy()
@@ -272,9 +283,7 @@ def simulate(model: mujoco.MjModel, directions: np.ndarray = AXIS_DIRECTIONS) ->
         run = mujoco.MjData(model)
         run.qpos[:] = data.qpos
         mujoco.mj_step(model, run, nstep=steps)
-        diverged = run.warning[mujoco.mjtWarning.mjWARN_BADQACC].number > 0 or not np.isfinite(run.xipos[1]).all()
-        # MuJoCo resets a diverged simulation; such an object counts as dropped.
-        displacement[index] = free_fall_cm() if diverged else np.linalg.norm(run.xipos[1] - settled) * 100
+        displacement[index] = free_fall_cm() if _diverged(run) else np.linalg.norm(run.xipos[1] - settled) * 100
     model.opt.gravity[:] = 0.0
     return PhysicsResult(displacement, float(np.linalg.norm(settled - start) * 100))
 
