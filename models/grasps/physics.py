@@ -32,7 +32,7 @@ Gravity is then tried along the six axis directions, each from the settled state
 The displacement is the distance the object's centre of mass travelled; the grasp is ``stable`` if it
 moved less than ``STABLE_CM`` in every direction. An unheld object falls about 123 cm in that time.
 
-Cost: 0.03-0.4 s per grasp on one CPU core (the model is compiled once per grasp and each direction
+Cost: 0.03-0.1 s per grasp on one CPU core (the model is compiled once per grasp and each direction
 runs 125 steps of 4 ms), plus the decomposition of a non-convex object once (0.2-0.9 s per piece).
 
 Shapes: S grasps, G gravity directions, V vertices. Metres and seconds unless a name says cm.
