@@ -33,6 +33,7 @@ JOINT_ORDER_ENUM = {
     "halo": halo_pb2.JOINT_ORDER_HALO,
 }
 HANDEDNESS_ENUM = {"right": halo_pb2.HANDEDNESS_RIGHT, "left": halo_pb2.HANDEDNESS_LEFT}
+RANK_ENUM = {"none": halo_pb2.GRASP_RANK_NONE, "stability": halo_pb2.GRASP_RANK_STABILITY}
 
 
 class HaloError(Exception):
@@ -151,9 +152,15 @@ class RestClient(_Closing):
         seed: int = 0,
         refine: bool = True,
         resolution: int | None = None,
+        physics: bool = False,
+        rank: str = "none",
     ) -> list[GraspResult]:
-        """Object mesh (or a mesh file to upload) -> sampled grasps (hand meshes at ``resolution``)."""
-        params = {"seed": seed, "refine": refine}
+        """Object mesh (or a mesh file to upload) -> sampled grasps (hand meshes at ``resolution``).
+
+        ``physics`` adds the server's physics check to the metrics; ``rank="stability"`` returns the most
+        stable samples first.
+        """
+        params = {"seed": seed, "refine": refine, "physics": physics, "rank": rank}
         if num_samples is not None:
             params["num_samples"] = num_samples
         if resolution is not None:
@@ -263,8 +270,13 @@ class GrpcClient(_Closing):
         refine: bool = True,
         stream: bool = False,
         resolution: int | None = None,
+        physics: bool = False,
+        rank: str = "none",
     ) -> list[GraspResult]:
-        """Object mesh (or mesh file, read locally) -> sampled grasps; ``stream`` uses StreamGrasps."""
+        """Object mesh (or mesh file, read locally) -> sampled grasps; ``stream`` uses StreamGrasps.
+
+        ``physics`` and ``rank`` ("none", "stability") as in ``RestClient.grasps``.
+        """
         mesh = (
             trimesh.load(io.BytesIO(Path(obj).read_bytes()), file_type=Path(obj).suffix[1:], force="mesh")
             if isinstance(obj, str | Path)
@@ -277,6 +289,8 @@ class GrpcClient(_Closing):
             seed=seed,
             refine=refine,
             resolution=resolution or 0,
+            physics=physics,
+            rank=RANK_ENUM[rank],
         )
         try:
             if stream:

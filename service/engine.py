@@ -268,30 +268,57 @@ class Engine:
         return count
 
     async def grasps(
-        self, obj: trimesh.Trimesh, count: int, seed: int, refine: bool, resolution: int | None, deadline: float
+        self,
+        obj: trimesh.Trimesh,
+        count: int,
+        seed: int,
+        refine: bool,
+        resolution: int | None,
+        deadline: float,
+        physics: bool = False,
+        rank: str | None = None,
     ) -> list[Any]:
-        """Object mesh (metres) -> ``count`` grasps sampled together with ``seed`` (one queued job)."""
+        """Object mesh (metres) -> ``count`` grasps sampled together with ``seed`` (one queued job).
+
+        ``physics`` adds the MuJoCo check to each grasp; ``rank="stability"`` implies it and returns the
+        most stable of up to twice as many samples (within ``max_grasp_samples``).
+        """
         check_object_size(obj, self.settings.max_object_faces)
         resolution = self.resolution(resolution)
         try:
             obj = grasps.validate_object(obj)
+            if physics or rank == "stability":
+                grasps.check_physics_object(obj)
         except ValueError as error:
             raise InputError(str(error)) from error
         vae = self.require("vae")
+        limit = self.settings.max_grasp_samples
 
         def run(jobs: Sequence[tuple[int, int]]) -> list[list[Any]]:
             ((n, job_seed),) = jobs
-            return [vae.sample(obj, n=n, seed=job_seed, refine=refine, resolution=resolution)]
+            sampled = vae.sample(obj, n=n, seed=job_seed, refine=refine, resolution=resolution, physics=physics,
+                                 rank=rank, max_candidates=limit)
+            return [sampled]
 
         (sampled,) = await self.grasp_lane.submit([(count, seed)], ("grasps", object()), run, deadline)
+        self.metrics.observe_physics([grasp.metrics for grasp in sampled])
         return sampled
 
     async def stream_grasps(
-        self, obj: trimesh.Trimesh, count: int, seed: int, refine: bool, resolution: int | None, deadline: float
+        self,
+        obj: trimesh.Trimesh,
+        count: int,
+        seed: int,
+        refine: bool,
+        resolution: int | None,
+        deadline: float,
+        physics: bool = False,
+        rank: str | None = None,
     ) -> AsyncIterator[Any]:
-        """Grasps one by one, each sent when ready: grasp i is a one-grasp sample with seed ``seed + i``."""
+        """Grasps one by one, each sent when ready: grasp i is a one-grasp sample with seed ``seed + i``
+        (with ``rank="stability"``, the more stable of two samples)."""
         for index in range(count):
-            (grasp,) = await self.grasps(obj, 1, seed + index, refine, resolution, deadline)
+            (grasp,) = await self.grasps(obj, 1, seed + index, refine, resolution, deadline, physics, rank)
             yield grasp
 
     @property

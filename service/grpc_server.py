@@ -40,6 +40,12 @@ HANDEDNESS = {
     halo_pb2.HANDEDNESS_LEFT: "left",
 }
 
+RANKS = {
+    halo_pb2.GRASP_RANK_UNSPECIFIED: "none",
+    halo_pb2.GRASP_RANK_NONE: "none",
+    halo_pb2.GRASP_RANK_STABILITY: "stability",
+}
+
 
 class UnauthenticatedError(Exception):
     """Missing or wrong bearer token."""
@@ -115,7 +121,8 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
         obj = self._object(request)
         count = self.engine.grasp_count(request.num_samples)
         grasps = await self.engine.grasps(
-            obj, count, request.seed, _refine(request), request.resolution or None, self._deadline(context)
+            obj, count, request.seed, _refine(request), request.resolution or None, self._deadline(context),
+            request.physics, _rank(request),
         )
         return halo_pb2.GenerateGraspsResponse(grasps=[grasp_to_proto(g) for g in grasps])
 
@@ -123,7 +130,8 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
         obj = self._object(request)
         count = self.engine.grasp_count(request.num_samples)
         stream = self.engine.stream_grasps(
-            obj, count, request.seed, _refine(request), request.resolution or None, self._deadline(context)
+            obj, count, request.seed, _refine(request), request.resolution or None, self._deadline(context),
+            request.physics, _rank(request),
         )
         async for grasp in stream:
             yield grasp_to_proto(grasp)
@@ -132,6 +140,13 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
 def _refine(request: halo_pb2.GenerateGraspsRequest) -> bool:
     """``refine`` as sent, or True when the client left it out (the REST default)."""
     return request.refine if request.HasField("refine") else True
+
+
+def _rank(request: halo_pb2.GenerateGraspsRequest) -> str:
+    """The request's ``rank`` enum as the engine's name; unknown values are refused."""
+    if request.rank not in RANKS:
+        raise InputError(f"rank: unknown value {request.rank}")
+    return RANKS[request.rank]
 
 
 class _Call:

@@ -29,6 +29,8 @@ disable_created_metrics()
 # Mesh latencies run from ~50 ms (resolution 64, GPU) to tens of seconds (resolution 512, CPU).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Physics check: held objects move well under 2 cm (the stability threshold), dropped ones ~120 cm.
+DISPLACEMENT_BUCKETS_CM = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 150.0)
 
 STAGES = ("canonicalize", "occupancy", "marching_cubes", "encode")
 DROP_REASONS = ("cancelled", "deadline")
@@ -158,8 +160,22 @@ class Metrics:
             ["device", "kind"],
             registry=reg,
         )
+        self.physics_grasps = Counter(
+            "halo_physics_grasps",
+            "Served grasps that went through the physics check, by whether they were stable (held in every direction).",
+            ["stable"],
+            registry=reg,
+        )
+        self.physics_displacement = Histogram(
+            "halo_physics_displacement_cm",
+            "Mean displacement of the object under gravity (over the directions) per physics-checked grasp, cm.",
+            buckets=DISPLACEMENT_BUCKETS_CM,
+            registry=reg,
+        )
         for stage in STAGES:
             self.stage_duration.labels(stage)
+        for stable in ("true", "false"):
+            self.physics_grasps.labels(stable)
         for reason in DROP_REASONS:
             self.dropped.labels(reason)
         for reason in REJECT_REASONS:
@@ -188,6 +204,13 @@ class Metrics:
         """Count one refused request, per lane and in the all-lanes counter."""
         self.rejected.labels(reason).inc()
         self.lane_rejected.labels(lane, reason).inc()
+
+    def observe_physics(self, grasp_metrics: list[dict]) -> None:
+        """Count the served grasps that carry physics-check results (``stable``, ``sim_displacement_cm``)."""
+        for metrics in grasp_metrics:
+            if "stable" in metrics:
+                self.physics_grasps.labels(str(bool(metrics["stable"])).lower()).inc()
+                self.physics_displacement.observe(metrics["sim_displacement_cm"])
 
     @contextmanager
     def time_stage(self, stage: str) -> Iterator[None]:

@@ -53,6 +53,10 @@ Keypoints = Annotated[
 JointOrderName = Literal["mano", "mediapipe", "openpose", "biomech", "halo"]
 HandName = Literal["right", "left"]
 FormatName = Literal["json", "ply", "obj", "glb"]
+RankName = Literal["none", "stability"]
+PHYSICS_HELP = ("Check each grasp in MuJoCo (object under gravity along 6 directions; adds sim_displacement_cm, "
+                "sim_displacement_worst_cm, sim_directions_held, sim_settle_cm, stable). Costs ~0.05-0.4 s per grasp.")
+RANK_HELP = "stability: return the most stable of up to twice as many samples (implies physics)."
 
 
 class HandIn(BaseModel):
@@ -113,6 +117,8 @@ class GraspRequest(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63)
     refine: bool = True
     resolution: int | None = None
+    physics: bool = Field(False, description=PHYSICS_HELP)
+    rank: RankName = Field("none", description=RANK_HELP)
 
 
 class GraspOut(BaseModel):
@@ -341,7 +347,9 @@ def create_app(engine: Engine) -> FastAPI:
             return error_response(415, f"content-type: {content_type!r}; use application/json or multipart/form-data")
         count = engine.grasp_count(params.num_samples)
         results = await until_disconnected(
-            request, engine.grasps(obj, count, params.seed, params.refine, params.resolution, engine.deadline())
+            request,
+            engine.grasps(obj, count, params.seed, params.refine, params.resolution, engine.deadline(),
+                          params.physics, params.rank),
         )
         with engine.metrics.time_stage("encode"):
             return json_bytes_response({"grasps": [grasp_payload(g) for g in results]})
@@ -419,6 +427,8 @@ class GraspUpload(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63)
     refine: bool = True
     resolution: int | None = None
+    physics: bool = Field(False, description=PHYSICS_HELP)
+    rank: RankName = Field("none", description=RANK_HELP)
 
 
 class ObjectUpload(BaseModel):

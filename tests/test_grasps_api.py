@@ -72,12 +72,16 @@ def test_cli_writes_meshes_and_metrics(vae, tmp_path: Path) -> None:
     obj, _ = make_object(split_indices("test", 2)[1])
     obj.export(tmp_path / "object.stl")
     out = tmp_path / "out"
-    assert main(["grasps", str(tmp_path / "object.stl"), "-n", "2", "-o", str(out), "--resolution", "64"]) == 0
+    assert main(["grasps", str(tmp_path / "object.stl"), "-n", "2", "-o", str(out), "--resolution", "64",
+                 "--rank", "stability"]) == 0
     summary = json.loads((out / "grasps.json").read_text())
-    assert summary["n"] == 2 and len(summary["grasps"]) == 2
+    assert summary["n"] == 2 and len(summary["grasps"]) == 2 and summary["physics"] and summary["rank"] == "stability"
     for record in summary["grasps"]:
         assert trimesh.load(out / record["mesh"]).is_watertight
         assert np.asarray(record["keypoints"]).shape == (21, 3)
+        assert "sim_displacement_worst_cm" in record["metrics"]
+    worst = [record["metrics"]["sim_displacement_worst_cm"] for record in summary["grasps"]]
+    assert worst == sorted(worst)
     assert main(["grasps", str(tmp_path / "missing.obj"), "-o", str(out)]) == 2
 
 
@@ -88,8 +92,13 @@ def test_eval_command_reports_both_rows_and_renders_a_preview(vae, tmp_path: Pat
     arguments = ["eval", "vae", "--objects", "1", "--samples", "2", "--resolution", "64", "--checkpoint", str(checkpoint)]
     assert main([*arguments, "--json", str(report), "--preview", str(preview), "--write-card"]) == 0
     result = json.loads(report.read_text())
-    assert [row["method"] for row in result["rows"]] == ["vae + refinement", "vae, raw samples"]
+    assert [row["method"] for row in result["rows"]] == ["vae + refinement", "vae, raw samples",
+                                                         "vae + refinement, ranked by stability"]
     assert all(row["grasps"] == 2 for row in result["rows"]) and result["refinement"]["steps"] > 0
+    for row in result["rows"]:
+        assert 0 <= row["stable_share"] <= 1 and row["median_displacement_cm"] >= 0
+    ranked, refined = result["rows"][2], result["rows"][0]
+    assert ranked["median_worst_displacement_cm"] <= refined["median_worst_displacement_cm"] + 1e-9
     assert result["eval_command"] == "halo eval vae --objects 1 --samples 2 --resolution 64 --seed 0"
     assert json.loads(checkpoint.with_suffix(".json").read_text())["evaluation"] == result
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -38,12 +38,14 @@ def test_bench_grasps_reports_a_calibrated_ratio_per_object(tmp_path, restore_to
         pytest.skip("no shipped grasp checkpoint")
     out = tmp_path / "grasps.json"
     assert main(["bench", "grasps", "--objects", "2", "--samples", "2", "--resolution", "64", "--threads", "1",
-                 "--json", str(out)]) == 0
+                 "--physics", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert len(result["rows"]) == 2 and result["samples"] == 2
     for row in result["rows"]:
         assert row["ratio"] == pytest.approx(row["seconds"] / row["calibration_s"])
-        assert 0 < row["sample_s"] + row["mesh_s"] + row["metrics_s"] <= row["seconds"]
+        assert 0 < row["sample_s"] + row["physics_s"] + row["mesh_s"] + row["metrics_s"] <= row["seconds"]
+        assert row["physics_ratio"] == pytest.approx(row["physics_per_grasp_s"] / row["calibration_s"])
+        assert 0 < row["physics_per_grasp_s"] * 2 <= row["seconds"]
     assert min(r["ratio"] for r in result["rows"]) <= result["median_ratio"] <= max(r["ratio"] for r in result["rows"])
 
 

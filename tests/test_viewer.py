@@ -245,6 +245,7 @@ def test_grasps_on_an_uploaded_object_fill_the_metrics_table(visit, tmp_path) ->
     visit.page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Object: 8 vertices')")
     visit.page.fill("#num-samples", "2")
     visit.page.select_option("#grasp-resolution", "64")  # two refined grasps at 64: a few seconds on a free CPU
+    visit.page.check("#physics")
     visit.page.click("#grasp-button")
     visit.page.wait_for_function(
         "() => !document.querySelector('#grasp-button').disabled", polling=500, timeout=300_000
@@ -252,13 +253,13 @@ def test_grasps_on_an_uploaded_object_fill_the_metrics_table(visit, tmp_path) ->
     rows = visit.page.locator("#metrics tbody tr")
     assert rows.count() == 2, visit.page.inner_text("#status")
     headers = visit.page.locator("#metrics thead th").all_inner_texts()
-    assert "depth mm" in headers and "contact" in headers
+    assert "depth mm" in headers and "contact" in headers and "stable" in headers and "worst cm" in headers
     for row in range(2):
         cells = rows.nth(row).locator("td").all_inner_texts()
         assert cells[1] == str(row + 1)
         assert all(re.fullmatch(r"-?\d+\.\d\d|yes|no", cell) for cell in cells[2:]), cells
     assert re.search(r"server \d+ ms", visit.page.inner_text("#grasp-timing"))
-    assert "refine on" in visit.page.inner_text("#status")
+    assert "refine on" in visit.page.inner_text("#status") and "physics on" in visit.page.inner_text("#status")
     visit.page.screenshot(path=str(DOCS / "viewer_grasps.png"))
     assert visit.errors == []
 

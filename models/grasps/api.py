@@ -1,4 +1,4 @@
-"""The public grasp model: ``vae.sample(object_mesh, n, seed, refine=True) -> list[Grasp]``."""
+"""The public grasp model: ``vae.sample(object_mesh, n, seed, refine=True, physics=False, rank=None) -> list[Grasp]``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from .object_input import (
     object_points,
     validate_object,
 )
+from .physics import RANK_CANDIDATES, check_grasps, most_stable
 
 SHIPPED_VAE = CHECKPOINT_DIR / "halo_vae.safetensors"
 MAX_SAMPLES = 64
@@ -34,6 +35,7 @@ REDRAW_SEED_STEP = 7919
 PROXY_FIT_RESOLUTION = 128
 SDF_GRID = 20  # samples per side of the object's distance grid that refinement reads
 SDF_MARGIN_M = 0.03
+RANKS = (None, "none", "stability")
 
 
 def is_valid_hand(keypoints: np.ndarray) -> bool:
@@ -121,19 +123,37 @@ class HaloVAE:
         return keypoints.double().cpu().numpy()
 
     def sample(self, object_mesh: trimesh.Trimesh, n: int = 10, seed: int = 0, refine: bool = True,
-               resolution: int = 128) -> list[Grasp]:
-        """Object mesh (metres) -> n grasps, each with keypoints (21,3), hand mesh and metrics; raises ObjectError."""
+               resolution: int = 128, physics: bool = False, rank: str | None = None,
+               max_candidates: int = MAX_SAMPLES) -> list[Grasp]:
+        """Object mesh (metres) -> n grasps, each with keypoints (21,3), hand mesh and metrics; raises ObjectError.
+
+        ``physics``: add the MuJoCo check's fields (``physics.PhysicsResult.metrics``). ``rank="stability"``
+        implies it: draws ``RANK_CANDIDATES * n`` samples (at most ``max_candidates``), returns the n that
+        moved least under gravity (worst direction first, then the mean), and meshes only those.
+        """
         obj = validate_object(object_mesh)
         if not isinstance(n, int | np.integer) or not 1 <= n <= MAX_SAMPLES:
             raise GraspRequestError(f"n: expected an integer from 1 to {MAX_SAMPLES}, got {n!r}")
+        if rank not in RANKS:
+            raise GraspRequestError(f"rank: expected one of none, stability, got {rank!r}")
+        ranked = rank == "stability"
+        draw = max(int(n), min(RANK_CANDIDATES * int(n), max_candidates, MAX_SAMPLES)) if ranked else int(n)
         started = time.perf_counter()
-        keypoints = self.sample_keypoints(obj, int(n), seed, refine)
+        keypoints = self.sample_keypoints(obj, draw, seed, refine)
         sampled = time.perf_counter()
+        results = check_grasps(keypoints, self.proxy.radii.numpy(), obj) if physics or ranked else []
+        if ranked:
+            order = most_stable(results, int(n))
+            keypoints, results = keypoints[order], [results[i] for i in order]
+        simulated = [result.metrics() for result in results] or [{} for _ in keypoints]
+        checked = time.perf_counter()
         meshes = self.base.mesh(keypoints, resolution=resolution)
         meshed = time.perf_counter()
-        grasps = [Grasp(keypoints=joints, mesh=mesh, metrics={**metrics, "refined": bool(refine)})
-                  for joints, mesh, metrics in zip(keypoints, meshes, grasp_metrics_many(meshes, obj), strict=True)]
-        timing = {"sample_s": sampled - started, "mesh_s": meshed - sampled, "metrics_s": time.perf_counter() - meshed}
+        grasps = [Grasp(keypoints=joints, mesh=mesh, metrics={**metrics, **extra, "refined": bool(refine)})
+                  for joints, mesh, metrics, extra in zip(keypoints, meshes, grasp_metrics_many(meshes, obj), simulated,
+                                                          strict=True)]
+        timing = {"sample_s": sampled - started, "physics_s": checked - sampled, "mesh_s": meshed - checked,
+                  "metrics_s": time.perf_counter() - meshed}
         for grasp in grasps:
             grasp.metrics["batch_timing"] = timing
         return grasps

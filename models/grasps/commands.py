@@ -60,7 +60,8 @@ def run_grasps(args: argparse.Namespace) -> int:
     """``halo grasps OBJECT -n 10 -o out/``: hand meshes grasp_XX.ply and grasps.json (keypoints, metrics)."""
     obj = read_object(Path(args.object))
     vae = _load_models(args)
-    grasps = vae.sample(obj, n=args.n, seed=args.seed, refine=not args.no_refine, resolution=args.resolution)
+    grasps = vae.sample(obj, n=args.n, seed=args.seed, refine=not args.no_refine, resolution=args.resolution,
+                        physics=args.physics, rank=args.rank)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     records = []
@@ -69,11 +70,13 @@ def run_grasps(args: argparse.Namespace) -> int:
         grasp.mesh.export(out / name)
         records.append({"mesh": name, "keypoints": np.round(grasp.keypoints, 6).tolist(), "metrics": grasp.metrics})
     summary = {"object": Path(args.object).name, "n": len(grasps), "seed": args.seed,
-               "refined": not args.no_refine, "units": "metres, object frame, mano joint order",
+               "refined": not args.no_refine, "physics": args.physics or args.rank == "stability", "rank": args.rank,
+               "units": "metres, object frame, mano joint order",
                "vae": vae.card.get("name"), "base": vae.base.card.get("name"), "grasps": records}
     (out / "grasps.json").write_text(json.dumps(summary, indent=2) + "\n")
     touching = sum(g.metrics["contact"] for g in grasps)
-    print(f"{out}: {len(grasps)} grasps, {touching} in contact, "
+    stable = f", {sum(g.metrics['stable'] for g in grasps)} stable" if "stable" in grasps[0].metrics else ""
+    print(f"{out}: {len(grasps)} grasps, {touching} in contact{stable}, "
           f"mean penetration {np.mean([g.metrics['penetration_volume_cm3'] for g in grasps]):.2f} cm3")
     return 0
 
@@ -96,14 +99,15 @@ def run_eval(args: argparse.Namespace) -> int:
         for row, index in enumerate(test.object_index):
             data_keypoints[int(index)] = test.keypoints[test.owner == row].numpy()
     real = read_keypoints(Path(args.real_keypoints)) if args.real_keypoints else None
-    result = evaluate_vae(vae, indices, args.samples, args.resolution, data_keypoints, args.seed, real)
+    result = evaluate_vae(vae, indices, args.samples, args.resolution, data_keypoints, args.seed, real, args.physics)
     result["vae"] = {"name": vae.card.get("name"), "sha256": vae.card.get("sha256")}
     result["base"] = {"name": vae.base.card.get("name"), "sha256": vae.base.card.get("sha256")}
     result["object_indices"] = indices
     result["refinement"] = asdict(RefineConfig())
     result["eval_command"] = (f"halo eval vae{' --data DATA' if args.data else ''} --objects {args.objects}"
                               f" --samples {args.samples} --resolution {args.resolution} --seed {args.seed}"
-                              f"{' --real-keypoints KEYPOINTS' if args.real_keypoints else ''}")
+                              f"{' --real-keypoints KEYPOINTS' if args.real_keypoints else ''}"
+                              f"{'' if args.physics else ' --no-physics'}")
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -143,6 +147,10 @@ def add_grasps_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument("--format", default="ply", choices=("ply", "obj", "glb", "stl"))
     parser.add_argument("--no-refine", action="store_true", help="skip the occupancy-based refinement")
+    parser.add_argument("--physics", action="store_true",
+                        help="check each grasp in MuJoCo (object under gravity along 6 directions; adds sim_* and stable)")
+    parser.add_argument("--rank", default="none", choices=("none", "stability"),
+                        help="stability: return the most stable of twice as many samples (implies --physics)")
     _model_arguments(parser)
     parser.set_defaults(func=run_grasps)
 
@@ -157,6 +165,8 @@ def add_eval_vae_command(eval_commands: argparse._SubParsersAction) -> None:
                         help="(T,21,3) real right-hand keypoints (.npy/.json/.pkl): a plausibility sanity row")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--write-card", action="store_true", help="store the results in the VAE's model card")
+    parser.add_argument("--physics", action=argparse.BooleanOptionalAction, default=True,
+                        help="MuJoCo physics check of every grasp: stable share, displacement, a ranked row")
     parser.add_argument("--preview", default=None, help=f"also render {PREVIEW_GRASPS} grasps on each of the first "
                         f"{PREVIEW_OBJECTS} test objects to this PNG")
     _model_arguments(parser)

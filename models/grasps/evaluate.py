@@ -7,6 +7,12 @@ same objects, meshed the same way. Diversity pools the keypoints of all objects 
 clusters, on hand-canonicalised keypoints); the pairwise distance is per object, averaged. Every row
 also reports the plausibility share (``models.plausibility``: PIP/DIP hinges within human ranges,
 thumb bends), and real hand keypoints, if given, add a plausibility-only sanity row.
+
+With ``physics`` (the default of ``halo eval vae``) every grasp also goes through the MuJoCo check
+(``physics.py``): each row reports the stable share (held within 2 cm in all 6 gravity directions) and
+the median and mean displacement (mean over the directions, cm), and one more row, "vae + refinement,
+ranked by stability", draws twice the samples and keeps the most stable half (what ``rank="stability"``
+serves).
 """
 
 from __future__ import annotations
@@ -20,13 +26,30 @@ from ..data.objects import make_object
 from ..plausibility import plausible_share
 from .api import HaloVAE
 from .metrics import canonical_keypoints, cluster_diversity, grasp_metrics_many, mean_pairwise_distance, summarize
+from .physics import RANK_CANDIDATES, PhysicsResult, check_grasps, most_stable
+
+
+def physics_summary(results: list[PhysicsResult]) -> dict[str, float]:
+    """Physics results -> stable share and the median / mean displacement (each grasp's mean over directions, cm)."""
+    displacement = np.array([result.mean_cm for result in results])
+    return {
+        "stable_share": float(np.mean([result.stable for result in results])),
+        "median_displacement_cm": float(np.median(displacement)),
+        "mean_displacement_cm": float(displacement.mean()),
+        "median_worst_displacement_cm": float(np.median([result.worst_cm for result in results])),
+    }
 
 
 def score(name: str, keypoints: list[np.ndarray], meshes: list[list[trimesh.Trimesh]],
-          objects: list[trimesh.Trimesh]) -> dict:
-    """Per-object keypoints (S,21,3) and hand meshes -> summary metrics for one method."""
+          objects: list[trimesh.Trimesh], radii: np.ndarray | None = None) -> dict:
+    """Per-object keypoints (S,21,3) and hand meshes -> summary metrics for one method (and the physics
+    check's, given the proxy's (C,) capsule radii)."""
     per_grasp = [metrics for hands, obj in zip(meshes, objects, strict=True) for metrics in grasp_metrics_many(hands, obj)]
     pooled = np.concatenate(keypoints)
+    simulated = {}
+    if radii is not None:
+        simulated = physics_summary([result for hands, obj in zip(keypoints, objects, strict=True)
+                                     for result in check_grasps(hands, radii, obj)])
     return {
         "method": name,
         **summarize(per_grasp),
@@ -34,27 +57,41 @@ def score(name: str, keypoints: list[np.ndarray], meshes: list[list[trimesh.Trim
         "object_frame_cluster_entropy": cluster_diversity(pooled)["cluster_entropy"],
         "mean_pairwise_keypoint_distance_cm": float(np.mean([mean_pairwise_distance(k) for k in keypoints])),
         "plausible_share": plausible_share(pooled),
+        **simulated,
     }
+
+
+def most_stable_keypoints(vae: HaloVAE, obj: trimesh.Trimesh, samples: int, seed: int) -> np.ndarray:
+    """Object mesh -> (samples,21,3) refined keypoints: the most stable of ``RANK_CANDIDATES * samples``."""
+    keypoints = vae.sample_keypoints(obj, RANK_CANDIDATES * samples, seed, True)
+    return keypoints[most_stable(check_grasps(keypoints, vae.proxy.radii.numpy(), obj), samples)]
 
 
 def evaluate_vae(vae: HaloVAE, object_indices: list[int], samples: int = 20, resolution: int = 128,
                  data_keypoints: dict[int, np.ndarray] | None = None, seed: int = 0,
-                 real_keypoints: np.ndarray | None = None) -> dict:
-    """Test object numbers -> {"rows": [refined, raw, synthesis data], "real_hands": ..., "seconds": ...}."""
+                 real_keypoints: np.ndarray | None = None, physics: bool = True) -> dict:
+    """Test object numbers -> {"rows": [refined, raw, (ranked by stability,) synthesis data], "real_hands": ...,
+    "seconds": ...}."""
     objects = [make_object(index)[0] for index in object_indices]
+    radii = vae.proxy.radii.numpy() if physics else None
     rows, seconds = [], {}
-    for refine in (True, False):
+    methods = {
+        "vae + refinement": lambda obj, i: vae.sample_keypoints(obj, samples, seed + i, True),
+        "vae, raw samples": lambda obj, i: vae.sample_keypoints(obj, samples, seed + i, False),
+    }
+    if physics:
+        methods["vae + refinement, ranked by stability"] = lambda obj, i: most_stable_keypoints(vae, obj, samples, seed + i)
+    for name, draw in methods.items():
         started = time.perf_counter()
-        keypoints = [vae.sample_keypoints(obj, samples, seed + i, refine) for i, obj in enumerate(objects)]
+        keypoints = [draw(obj, i) for i, obj in enumerate(objects)]
         meshes = [vae.base.mesh(k, resolution=resolution) for k in keypoints]
-        name = "vae + refinement" if refine else "vae, raw samples"
         seconds[name] = time.perf_counter() - started
-        rows.append(score(name, keypoints, meshes, objects))
+        rows.append(score(name, keypoints, meshes, objects, radii))
     if data_keypoints:
         have = [i for i, index in enumerate(object_indices) if len(data_keypoints.get(index, [])) >= 2]
         keypoints = [data_keypoints[object_indices[i]][:samples].astype(np.float64) for i in have]
         meshes = [vae.base.mesh(k, resolution=resolution) for k in keypoints]
-        rows.append(score("synthesis data", keypoints, meshes, [objects[i] for i in have]))
+        rows.append(score("synthesis data", keypoints, meshes, [objects[i] for i in have], radii))
     result = {"objects": len(objects), "samples_per_object": samples, "resolution": resolution,
               "rows": rows, "seconds": seconds}
     if real_keypoints is not None:
@@ -72,8 +109,12 @@ def format_table(result: dict) -> str:
         ("mean_cluster_size_cm", "cluster size cm", "{:.2f}"),
         ("mean_pairwise_keypoint_distance_cm", "pairwise dist. cm", "{:.2f}"),
         ("plausible_share", "plausible", "{:.3f}"),
+        ("stable_share", "stable", "{:.3f}"),
+        ("median_displacement_cm", "median displ. cm", "{:.2f}"),
+        ("mean_displacement_cm", "mean displ. cm", "{:.2f}"),
         ("grasps", "grasps", "{}"),
     ]
+    columns = [column for column in columns if column[0] in result["rows"][0]]
     lines = ["| method | " + " | ".join(title for _, title, _ in columns) + " |",
              "|---|" + "---|" * len(columns)]
     for row in result["rows"]:

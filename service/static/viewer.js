@@ -501,6 +501,8 @@ async function sampleGrasps() {
     seed: Number($("#seed").value),
     refine: $("#refine").checked,
     resolution: Number($("#grasp-resolution").value),
+    physics: $("#physics").checked,
+    rank: $("#rank-stability").checked ? "stability" : "none",
   };
   setStatus(`Sampling ${request.num_samples} grasps…`);
   $("#grasp-button").disabled = true;
@@ -517,7 +519,10 @@ async function sampleGrasps() {
     fillMetrics(grasps);
     selectGrasp(0);
     frameObject(graspGroup);
-    setStatus(`${grasps.length} grasps (refine ${request.refine ? "on" : "off"}, seed ${request.seed}).`);
+    const physics = request.physics || request.rank === "stability";
+    const stable = grasps.filter((grasp) => grasp.metrics.stable).length;
+    const checked = physics ? `, physics on: ${stable} stable${request.rank === "stability" ? ", most stable first" : ""}` : "";
+    setStatus(`${grasps.length} grasps (refine ${request.refine ? "on" : "off"}, seed ${request.seed}${checked}).`);
   } finally {
     $("#grasp-button").disabled = false;
   }
@@ -529,8 +534,13 @@ const METRIC_LABELS = {
   hand_object_distance_mm: "gap mm",
   contact: "contact",
   refined: "refined",
+  sim_displacement_cm: "displ. cm",
+  sim_displacement_worst_cm: "worst cm",
+  sim_directions_held: "held dirs",
+  sim_settle_cm: "settle cm",
+  stable: "stable",
 };
-const YES_NO_METRICS = new Set(["contact", "refined"]);
+const YES_NO_METRICS = new Set(["contact", "refined", "stable"]);
 
 function fillMetrics(grasps) {
   const names = Object.keys(grasps[0]?.metrics || {});

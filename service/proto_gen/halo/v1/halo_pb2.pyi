@@ -19,6 +19,12 @@ class Handedness(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HANDEDNESS_UNSPECIFIED: _ClassVar[Handedness]
     HANDEDNESS_RIGHT: _ClassVar[Handedness]
     HANDEDNESS_LEFT: _ClassVar[Handedness]
+
+class GraspRank(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRASP_RANK_UNSPECIFIED: _ClassVar[GraspRank]
+    GRASP_RANK_NONE: _ClassVar[GraspRank]
+    GRASP_RANK_STABILITY: _ClassVar[GraspRank]
 JOINT_ORDER_UNSPECIFIED: JointOrder
 JOINT_ORDER_MANO: JointOrder
 JOINT_ORDER_BIOMECH: JointOrder
@@ -26,6 +32,9 @@ JOINT_ORDER_HALO: JointOrder
 HANDEDNESS_UNSPECIFIED: Handedness
 HANDEDNESS_RIGHT: Handedness
 HANDEDNESS_LEFT: Handedness
+GRASP_RANK_UNSPECIFIED: GraspRank
+GRASP_RANK_NONE: GraspRank
+GRASP_RANK_STABILITY: GraspRank
 
 class Hand(_message.Message):
     __slots__ = ("keypoints", "joint_order", "handedness")
@@ -97,18 +106,22 @@ class Grasp(_message.Message):
     def __init__(self, keypoints: _Optional[_Iterable[float]] = ..., mesh: _Optional[_Union[Mesh, _Mapping]] = ..., metrics: _Optional[_Union[GraspMetrics, _Mapping]] = ...) -> None: ...
 
 class GenerateGraspsRequest(_message.Message):
-    __slots__ = ("object", "num_samples", "seed", "refine", "resolution")
+    __slots__ = ("object", "num_samples", "seed", "refine", "resolution", "physics", "rank")
     OBJECT_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     REFINE_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    PHYSICS_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
     object: Mesh
     num_samples: int
     seed: int
     refine: bool
     resolution: int
-    def __init__(self, object: _Optional[_Union[Mesh, _Mapping]] = ..., num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., refine: _Optional[bool] = ..., resolution: _Optional[int] = ...) -> None: ...
+    physics: bool
+    rank: GraspRank
+    def __init__(self, object: _Optional[_Union[Mesh, _Mapping]] = ..., num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., refine: _Optional[bool] = ..., resolution: _Optional[int] = ..., physics: _Optional[bool] = ..., rank: _Optional[_Union[GraspRank, str]] = ...) -> None: ...
 
 class GenerateGraspsResponse(_message.Message):
     __slots__ = ("grasps",)

@@ -1,0 +1,305 @@
+"""Physics check of a grasp with MuJoCo: does the hand hold the object when gravity pulls on it?
+
+The hand is static collision geometry that follows the skeleton: the proxy's 27 capsules (the 20 bones
+plus 7 across the palm, ``hand_proxy.CAPSULES``, radii fitted to the base model's surface) and one
+convex palm plate (the hull of the wrist, thumb CMC and four finger MCPs, thickened by the proxy's mean
+palm radius on each side of the palm plane). Why not a convex decomposition of the hand mesh: CoACD
+takes about a second per hand mesh, every grasp has a new hand, and the pieces only approximate the
+mesh again, while the capsules follow the skeleton exactly and were fitted to cover the base model's
+surface (90th percentile of the vertex distances per segment) at no cost per hand.
+
+The object is one free body made of convex pieces. Each connected piece of its mesh (a mug's body and
+handle) is its own convex hull if it is closed with a volume within ``CONVEX_VOLUME_SHARE`` of its
+hull's, else a CoACD decomposition (fixed seed, at most ``COACD_MAX_PIECES`` pieces, a light search:
+0.6-0.9 s for a mug's handle or a torus). Pieces are cached per mesh (``PIECE_CACHE_SIZE`` meshes,
+keyed by a hash of vertices and faces). Mass and inertia are MuJoCo's, from the pieces' volumes at
+``density`` (1000 kg/m3 unless given; overlapping pieces count twice, a few per cent on a mug).
+
+Contacts: sliding friction 0.8 (dry skin on plastic or glass is 0.5-1.0), torsional 5 mm (a finger
+pad's contact patch), elliptic friction cones, noslip iterations so a held object does not creep. The
+hand is rigid and does not squeeze, while a real finger pad gives 2-3 mm under a grip; so contacts
+engage within ``SKIN_MARGIN_M`` (2 mm, the contact metric's distance) of the proxy surface. On 8 test
+objects x 6 samples this raised the stable share of refined grasps from 25 % to 44 % (raw: 52 -> 54 %).
+
+Initial interpenetration: sampled hands overlap the object by a few millimetres, and MuJoCo's soft
+contacts push overlapping bodies apart. This happens first, in a gravity-free settle of
+``SETTLE_S`` (critically damped contacts, so the object is eased out, not shot out); the object's
+velocity is then zeroed and its pose after the settle is the reference the gravity test measures from.
+How far the settle moved it is reported too (``sim_settle_cm``): a large value means the sampled grasp
+overlapped the object deeply.
+
+Gravity is then tried along the six axis directions, each from the settled state for ``DURATION_S``.
+The displacement is the distance the object's centre of mass travelled; the grasp is ``stable`` if it
+moved less than ``STABLE_CM`` in every direction. An unheld object falls about 123 cm in that time.
+
+Cost: 0.03-0.1 s per grasp on one CPU core (the model is compiled once per grasp and each direction
+runs 125 steps of 4 ms), plus the decomposition of a non-convex object once (0.2-0.9 s per piece).
+
+Shapes: S grasps, G gravity directions, V vertices. Metres and seconds unless a name says cm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import coacd
+import mujoco
+import numpy as np
+import trimesh
+from scipy.spatial import ConvexHull, QhullError
+
+from .hand_proxy import CAPSULES, PALM_CAPSULES
+
+log = logging.getLogger("halo.physics")
+
+DENSITY_KG_M3 = 1000.0
+SLIDING_FRICTION = 0.8
+TORSIONAL_FRICTION_M = 0.005
+ROLLING_FRICTION_M = 0.0001  # unused with condim 4 (no rolling friction), but MuJoCo wants three values
+CONDIM = 4  # normal, two sliding and one torsional direction
+NOSLIP_ITERATIONS = 10
+TIMESTEP_S = 0.004
+SKIN_MARGIN_M = 0.002  # contacts engage this far from the proxy surface (skin compliance)
+CONTACT_TIMECONST_S = 0.02  # MuJoCo's default contact stiffness (critically damped)
+SETTLE_S = 0.1
+DURATION_S = 0.5
+GRAVITY_M_S2 = 9.81
+STABLE_CM = 2.0
+AXIS_DIRECTIONS = np.concatenate([np.eye(3), -np.eye(3)])  # (6,3) unit gravity directions
+PALM_JOINTS = (0, 1, 5, 9, 13, 17)  # wrist, thumb CMC, index/middle/ring/pinky MCP (mano order)
+CONVEX_VOLUME_SHARE = 0.95
+COACD_THRESHOLD = 0.05
+COACD_MAX_PIECES = 16
+COACD_SEED = 0
+# A lighter search than CoACD's defaults: 0.2-0.9 s instead of 1-40 s per piece, within 1 % of the same volume.
+COACD_SEARCH = {"resolution": 500, "mcts_iterations": 30, "mcts_nodes": 10, "mcts_max_depth": 2}
+MIN_PIECE_VOLUME_M3 = 1e-9  # pieces under 1 mm3 are dropped (MuJoCo refuses flat hulls)
+MIN_OBJECT_VOLUME_M3 = 1e-7  # an object whose hull holds under 0.1 cm3 is flat: nothing to drop
+PIECE_CACHE_SIZE = 32
+RANK_CANDIDATES = 2  # ranking by stability draws this many samples per grasp it returns
+
+
+DIVERGENCE_WARNINGS = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
+                       mujoco.mjtWarning.mjWARN_BADQACC)
+
+
+def _route_warning(message: str) -> None:
+    """MuJoCo warning text -> Python logging (instead of MUJOCO_LOG.TXT in the working directory)."""
+    log.warning("mujoco: %s", message)
+
+
+mujoco.set_mju_user_warning(_route_warning)
+coacd.set_log_level("error")
+
+
+class PhysicsError(ValueError):
+    """Invalid physics-check input; the message starts with the field name."""
+
+
+@dataclass(frozen=True)
+class PhysicsResult:
+    """One grasp's physics check."""
+
+    displacement_cm: np.ndarray  # (G,) centre-of-mass travel under gravity along each direction, cm
+    settle_cm: float  # travel during the gravity-free settle (interpenetration pushed apart), cm
+
+    @property
+    def mean_cm(self) -> float:
+        """Mean displacement over the gravity directions, cm."""
+        return float(self.displacement_cm.mean())
+
+    @property
+    def worst_cm(self) -> float:
+        """Largest displacement over the gravity directions, cm."""
+        return float(self.displacement_cm.max())
+
+    @property
+    def held(self) -> int:
+        """Gravity directions in which the object moved less than ``STABLE_CM``."""
+        return int((self.displacement_cm < STABLE_CM).sum())
+
+    @property
+    def stable(self) -> bool:
+        """Held in every gravity direction."""
+        return self.held == len(self.displacement_cm)
+
+    def metrics(self) -> dict[str, float | bool]:
+        """The grasp-metric entries (units in the names)."""
+        return {
+            "sim_displacement_cm": self.mean_cm,
+            "sim_displacement_worst_cm": self.worst_cm,
+            "sim_directions_held": self.held,
+            "sim_settle_cm": self.settle_cm,
+            "stable": self.stable,
+        }
+
+
+def free_fall_cm(duration_s: float = DURATION_S) -> float:
+    """Distance a body falls from rest in ``duration_s`` seconds, g t^2 / 2, cm (MuJoCo's steps give 1 % less)."""
+    return GRAVITY_M_S2 * duration_s ** 2 / 2 * 100
+
+
+def _mesh_key(obj: trimesh.Trimesh) -> str:
+    """A hash of the mesh's vertices and faces (the cache key of its convex pieces)."""
+    digest = hashlib.sha256(np.ascontiguousarray(obj.vertices, dtype=np.float64).tobytes())
+    digest.update(np.ascontiguousarray(obj.faces, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _is_nearly_convex(body: trimesh.Trimesh) -> bool:
+    """Whether one connected piece of a mesh is closed with nearly the volume of its convex hull."""
+    return body.is_watertight and abs(body.volume) >= CONVEX_VOLUME_SHARE * body.convex_hull.volume
+
+
+def _decompose(obj: trimesh.Trimesh) -> tuple[np.ndarray, ...]:
+    """Object mesh, metres -> vertices (V,3) of each convex piece, metres.
+
+    Each connected piece (a mug's body and handle, a compound's parts) is taken on its own: its hull
+    if nearly convex, else a CoACD decomposition.
+    """
+    hulls = []
+    for body in trimesh.Trimesh(obj.vertices, obj.faces, process=True).split(only_watertight=False):
+        if _is_nearly_convex(body):
+            hulls.append(body.convex_hull)
+            continue
+        parts = coacd.run_coacd(coacd.Mesh(np.asarray(body.vertices), np.asarray(body.faces)),
+                                threshold=COACD_THRESHOLD, max_convex_hull=COACD_MAX_PIECES, seed=COACD_SEED,
+                                **COACD_SEARCH)
+        hulls.extend(trimesh.Trimesh(vertices, faces).convex_hull for vertices, faces in parts)
+    pieces = tuple(np.asarray(hull.vertices, dtype=np.float64) for hull in hulls if hull.volume > MIN_PIECE_VOLUME_M3)
+    return pieces or (np.asarray(obj.convex_hull.vertices, dtype=np.float64),)
+
+
+def check_object(obj: trimesh.Trimesh) -> None:
+    """Raise PhysicsError (``object: ...``) unless the mesh (metres) encloses a volume a body can be made of."""
+    try:
+        volume = ConvexHull(np.asarray(obj.vertices, dtype=np.float64)).volume
+    except QhullError:
+        volume = 0.0
+    if volume < MIN_OBJECT_VOLUME_M3:
+        raise PhysicsError(f"object: its convex hull holds {volume * 1e6:.3g} cm3; the physics check needs a solid "
+                           f"of at least {MIN_OBJECT_VOLUME_M3 * 1e6:g} cm3 (a flat or degenerate mesh cannot be dropped)")
+
+
+_piece_cache: OrderedDict[str, tuple[np.ndarray, ...]] = OrderedDict()
+_piece_cache_lock = threading.Lock()  # grasp workers may share the cache
+
+
+def convex_pieces(obj: trimesh.Trimesh) -> tuple[np.ndarray, ...]:
+    """Object mesh, metres -> vertices (V,3) of each convex piece (least recently used cache of 32 meshes)."""
+    key = _mesh_key(obj)
+    with _piece_cache_lock:
+        if key in _piece_cache:
+            _piece_cache.move_to_end(key)
+            return _piece_cache[key]
+    pieces = _decompose(obj)
+    with _piece_cache_lock:
+        _piece_cache[key] = pieces
+        while len(_piece_cache) > PIECE_CACHE_SIZE:
+            _piece_cache.popitem(last=False)
+    return pieces
+
+
+def palm_normal(keypoints: np.ndarray) -> np.ndarray:
+    """(21,3) right-hand mano keypoints -> (3,) unit normal of the palm plane, pointing out of the palm side."""
+    wrist, index, pinky = keypoints[0], keypoints[5], keypoints[17]
+    normal = np.cross(index - wrist, pinky - wrist)
+    return normal / np.linalg.norm(normal)
+
+
+def palm_plate(keypoints: np.ndarray, half_thickness: float) -> np.ndarray:
+    """(21,3) mano keypoints, metres -> (12,3) corners of the palm plate: palm joints +- half_thickness along the normal."""
+    offset = palm_normal(keypoints) * half_thickness
+    palm = keypoints[list(PALM_JOINTS)]
+    return np.concatenate([palm + offset, palm - offset])
+
+
+def _check_inputs(keypoints: np.ndarray, radii: np.ndarray, directions: np.ndarray, density: float) -> None:
+    """Raise PhysicsError naming the first bad input."""
+    if keypoints.ndim != 3 or keypoints.shape[1:] != (21, 3) or not np.isfinite(keypoints).all():
+        raise PhysicsError(f"keypoints: expected finite (S,21,3) values, got shape {list(keypoints.shape)}")
+    if radii.shape != (len(CAPSULES),) or not np.isfinite(radii).all() or (radii <= 0).any():
+        raise PhysicsError(f"radii: expected {len(CAPSULES)} positive capsule radii, got shape {list(radii.shape)}")
+    if directions.ndim != 2 or directions.shape[1] != 3 or len(directions) == 0:
+        raise PhysicsError(f"directions: expected (G,3) gravity directions, got shape {list(directions.shape)}")
+    if not (np.isfinite(directions).all() and (np.linalg.norm(directions, axis=1) > 0).all()):
+        raise PhysicsError("directions: every gravity direction must be a finite non-zero vector")
+    if not (np.isfinite(density) and density > 0):
+        raise PhysicsError(f"density: expected a positive density in kg/m3, got {density!r}")
+
+
+def build_model(keypoints: np.ndarray, radii: np.ndarray, pieces: tuple[np.ndarray, ...],
+                density: float = DENSITY_KG_M3) -> mujoco.MjModel:
+    """(21,3) mano keypoints, (C,) capsule radii, convex pieces (V,3), metres -> a compiled MuJoCo model.
+
+    The hand's geoms sit on the world body (static); the object is body 1 with a free joint, its body
+    frame at the origin of the keypoints' frame.
+    """
+    spec = mujoco.MjSpec()
+    spec.option.timestep = TIMESTEP_S
+    spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
+    spec.option.noslip_iterations = NOSLIP_ITERATIONS
+    spec.option.gravity = [0.0, 0.0, 0.0]  # the settle has none; ``simulate`` sets it per direction
+    friction = [SLIDING_FRICTION, TORSIONAL_FRICTION_M, ROLLING_FRICTION_M]
+    contact = {"friction": friction, "condim": CONDIM, "margin": SKIN_MARGIN_M, "solref": [CONTACT_TIMECONST_S, 1.0]}
+    for (start, end), radius in zip(CAPSULES.tolist(), radii, strict=True):
+        spec.worldbody.add_geom(type=mujoco.mjtGeom.mjGEOM_CAPSULE, size=[float(radius), 0, 0],
+                                fromto=[*keypoints[start], *keypoints[end]], **contact)
+    palm_radius = float(np.mean(radii[-len(PALM_CAPSULES):]))
+    spec.add_mesh(name="palm", uservert=palm_plate(keypoints, palm_radius).ravel().tolist())
+    spec.worldbody.add_geom(type=mujoco.mjtGeom.mjGEOM_MESH, meshname="palm", **contact)
+    body = spec.worldbody.add_body(name="object")
+    body.add_freejoint()
+    for index, vertices in enumerate(pieces):
+        spec.add_mesh(name=f"piece{index}", uservert=vertices.ravel().tolist())
+        body.add_geom(type=mujoco.mjtGeom.mjGEOM_MESH, meshname=f"piece{index}", density=density, **contact)
+    return spec.compile()
+
+
+def _diverged(data: mujoco.MjData) -> bool:
+    """Whether MuJoCo met a NaN or huge value (it then resets the state; such an object counts as dropped)."""
+    return any(data.warning[kind].number > 0 for kind in DIVERGENCE_WARNINGS)
+
+
+def simulate(model: mujoco.MjModel, directions: np.ndarray = AXIS_DIRECTIONS) -> PhysicsResult:
+    """Compiled grasp model, (G,3) gravity directions -> displacement of the object under each, after the settle."""
+    data = mujoco.MjData(model)
+    mujoco.mj_forward(model, data)
+    start = data.xipos[1].copy()
+    mujoco.mj_step(model, data, nstep=round(SETTLE_S / TIMESTEP_S))
+    if _diverged(data):
+        return PhysicsResult(np.full(len(directions), free_fall_cm()), free_fall_cm())
+    data.qvel[:] = 0.0
+    mujoco.mj_forward(model, data)
+    settled = data.xipos[1].copy()
+    steps = round(DURATION_S / TIMESTEP_S)
+    displacement = np.empty(len(directions))
+    for index, direction in enumerate(directions / np.linalg.norm(directions, axis=1, keepdims=True)):
+        model.opt.gravity[:] = direction * GRAVITY_M_S2
+        run = mujoco.MjData(model)
+        run.qpos[:] = data.qpos
+        mujoco.mj_step(model, run, nstep=steps)
+        displacement[index] = free_fall_cm() if _diverged(run) else np.linalg.norm(run.xipos[1] - settled) * 100
+    model.opt.gravity[:] = 0.0
+    return PhysicsResult(displacement, float(np.linalg.norm(settled - start) * 100))
+
+
+def check_grasps(keypoints: np.ndarray, radii: np.ndarray, obj: trimesh.Trimesh,
+                 directions: np.ndarray = AXIS_DIRECTIONS, density: float = DENSITY_KG_M3) -> list[PhysicsResult]:
+    """(S,21,3) mano keypoints, (C,) proxy capsule radii, object mesh (same frame, metres) -> S physics results."""
+    keypoints = np.asarray(keypoints, dtype=np.float64)
+    radii = np.asarray(radii, dtype=np.float64)
+    directions = np.asarray(directions, dtype=np.float64)
+    _check_inputs(keypoints, radii, directions, density)
+    check_object(obj)
+    pieces = convex_pieces(obj)
+    return [simulate(build_model(hand, radii, pieces, density), directions) for hand in keypoints]
+
+
+def most_stable(results: list[PhysicsResult], n: int) -> list[int]:
+    """Physics results -> indices of the n most stable (smallest worst displacement, then smallest mean)."""
+    return sorted(range(len(results)), key=lambda i: (results[i].worst_cm, results[i].mean_cm))[:n]
