@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from models.geometry import inside_closed_mesh, inside_mesh
+from models.geometry import closed_bodies, inside_closed_mesh, inside_mesh, inside_solid
 from models.grasps.metrics import (
     _voxel_grid,
     cluster_diversity,
@@ -75,6 +75,27 @@ def test_parity_inside_test_agrees_with_the_winding_number() -> None:
     open_box = box(4, (0, 0, 0), subdivisions=0)
     open_box.faces = open_box.faces[:-2]
     np.testing.assert_array_equal(inside_closed_mesh(open_box, lattice), inside_mesh(open_box, lattice))
+
+
+def test_inside_solid_agrees_with_the_winding_number_on_overlapping_and_open_objects() -> None:
+    """Two overlapping closed boxes (a mug's body and handle): parity per body, the same answers as the
+    winding number, also where they overlap; an open or inside-out mesh is answered by the winding number."""
+    rng = np.random.default_rng(1)
+    body, handle = box(4, (0, 0, 0), subdivisions=1), box(2, (2, 0, 0), subdivisions=1)
+    mug = trimesh.util.concatenate([body, handle])
+    points = rng.uniform(-0.04, 0.04, size=(5000, 3))
+    assert closed_bodies(mug) is not None and len(closed_bodies(mug)) == 2
+    inside = inside_solid(mug, points)
+    np.testing.assert_array_equal(inside, inside_mesh(mug, points))
+    overlap = (np.abs(points - [0.02, 0.0, 0.0]) < 0.01).all(1) & (np.abs(points) < 0.02).all(1)
+    assert overlap.any() and inside[overlap].all()  # inside both bodies: parity per body, not of their sum
+    open_box = box(4, (0, 0, 0), subdivisions=0)
+    open_box.faces = open_box.faces[:-2]
+    inverted = box(4, (0, 0, 0), subdivisions=1)
+    inverted.faces = inverted.faces[:, ::-1]
+    for mesh in (open_box, inverted):
+        assert closed_bodies(mesh) is None
+        np.testing.assert_array_equal(inside_solid(mesh, points), inside_mesh(mesh, points))
 
 
 def brute_force_metrics(hand: trimesh.Trimesh, obj: trimesh.Trimesh) -> tuple[float, float, float]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.data.objects import MAX_GRIP_M, MAX_SIZE_M, OBJECT_KINDS, make_object, object_split, split_indices
-from models.grasps.metrics import inside_mesh
+from models.geometry import inside_mesh
 
 
 def test_every_kind_is_a_graspable_closed_object() -> None:

@@ -1,8 +1,9 @@
 """Grasp quality metrics: penetration volume and depth, contact, and diversity (k-means entropy).
 
 Inside / outside of an object is the generalised winding number >= 0.5 (libigl), so open or
-self-overlapping object meshes (e.g. a mug made of a body and a handle) are handled too. Hand meshes
-are closed, so the parity of surface crossings gives the same answer for them, cheaper
+self-overlapping object meshes (e.g. a mug made of a body and a handle) are handled too; where every
+body of the object is closed, the parity of each body's surface crossings gives the same answer,
+cheaper (``geometry.inside_solid``). Hand meshes are closed, so they are always asked by parity
 (``geometry.inside_closed_mesh``).
 Units in the returned dicts are in the key names (cm3, mm, cm).
 """
@@ -20,7 +21,7 @@ from scipy.cluster.vq import kmeans2
 from scipy.spatial import cKDTree
 
 from ..canonical import normalization_matrix, transform_points
-from ..geometry import inside_closed_mesh, inside_mesh
+from ..geometry import inside_closed_mesh, inside_solid
 from ..skeleton import MANO_TO_BIOMECH
 
 CONTACT_DISTANCE_M = 0.002
@@ -42,7 +43,7 @@ def surface_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
 
 def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     """(N,3) points, metres -> (N,) distance to the surface of ``mesh``, negative inside (winding number)."""
-    return np.where(inside_mesh(mesh, points), -1.0, 1.0) * surface_distance(mesh, points)
+    return np.where(inside_solid(mesh, points), -1.0, 1.0) * surface_distance(mesh, points)
 
 
 def _split(values: np.ndarray, pieces: list[np.ndarray]) -> list[np.ndarray]:
@@ -129,7 +130,7 @@ def penetration_volumes(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh) -> l
         deep_in_object.append(deep[inside])
     # The object decides the voxels inside a hand, except in cells wholly inside it.
     ask = [points[~deep] for points, deep in zip(in_hand, deep_in_object, strict=True)]
-    answers = _split(inside_mesh(obj, np.concatenate(ask)), ask)
+    answers = _split(inside_solid(obj, np.concatenate(ask)), ask)
     return [0.0 if grid is None else (int(deep.sum()) + int(answer.sum())) * grid.voxel ** 3 * 1e6
             for grid, deep, answer in zip(grids, deep_in_object, answers, strict=True)]
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 import trimesh
 
-from ..geometry import inside_mesh
+from ..geometry import inside_mesh, inside_solid
 from .metrics import surface_distance
 
 MIN_EXTENT_M, MAX_EXTENT_M = 0.005, 0.5
@@ -161,7 +161,7 @@ def object_grids(meshes: list[trimesh.Trimesh], size: int, margin: float) -> Obj
         zz, yy, xx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
         points = np.stack([xx, yy, zz], axis=-1).reshape(-1, 3)
         distance = surface_distance(mesh, points)
-        sign = np.where(inside_mesh(mesh, points), -1.0, 1.0)
+        sign = np.where(inside_solid(mesh, points), -1.0, 1.0)
         sdfs.append((sign * distance).reshape(size, size, size))
         lows.append(low)
         highs.append(high)
