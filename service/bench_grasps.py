@@ -60,7 +60,8 @@ def run_grasp_benchmark(args: argparse.Namespace) -> int:
               f"meshes {stages['mesh_s']:.2f} s, metrics {stages['metrics_s']:.2f} s{checked}; "
               f"calibration {calibration:.3f} s)", flush=True)
     median = statistics.median(row["ratio"] for row in rows)
-    print(f"median ratio {median:.3f} over {len(rows)} objects (goal <= 1.0, aim 0.25)")
+    goal = "" if args.physics else " (goal <= 1.0, aim 0.25)"  # the latency goal is stated without physics
+    print(f"median ratio {median:.3f} over {len(rows)} objects{goal}")
     summary = {"samples": args.samples, "resolution": args.resolution, "median_ratio": median, "rows": rows}
     if args.physics:
         summary["median_physics_per_grasp_s"] = statistics.median(row["physics_per_grasp_s"] for row in rows)

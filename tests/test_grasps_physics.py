@@ -104,6 +104,13 @@ def test_grasps_of_the_model_are_deterministic_for_a_fixed_seed(vae) -> None:
         assert {"sim_displacement_cm", "sim_displacement_worst_cm", "sim_directions_held", "stable"} <= set(one.metrics)
         assert one.metrics["sim_displacement_cm"] == two.metrics["sim_displacement_cm"]
         assert one.metrics["sim_displacement_worst_cm"] == two.metrics["sim_displacement_worst_cm"]
+    # One thread per grasp or one for all: the same simulation.
+    keypoints = np.stack([grasp.keypoints for grasp in first])
+    radii = vae.proxy.radii.numpy()
+    serial = physics.check_grasps(keypoints, radii, obj, workers=1)
+    threaded = physics.check_grasps(keypoints, radii, obj, workers=2)
+    for one, two in zip(serial, threaded, strict=True):
+        np.testing.assert_array_equal(one.displacement_cm, two.displacement_cm)
 
 
 def test_a_mug_is_made_of_convex_pieces_and_a_box_is_its_hull() -> None:
