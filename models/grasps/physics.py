@@ -19,14 +19,16 @@ Contacts: sliding friction 0.8 (dry skin on plastic or glass is 0.5-1.0), torsio
 pad's contact patch), elliptic friction cones, noslip iterations so a held object does not creep. The
 hand is rigid and does not squeeze, while a real finger pad gives 2-3 mm under a grip; so contacts
 engage within ``SKIN_MARGIN_M`` (2 mm, the contact metric's distance) of the proxy surface. On 8 test
-objects x 6 samples this raised the stable share of refined grasps from 25 % to 44 % (raw: 52 -> 54 %).
+objects x 6 samples this raised the stable share of refined grasps from 25 % to 44 % (raw: 52 -> 54 %),
+with the refinement of the time (fingertips only).
 
 Initial interpenetration: sampled hands overlap the object by a few millimetres, and MuJoCo's soft
 contacts push overlapping bodies apart. This happens first, in a gravity-free settle of
 ``SETTLE_S`` (critically damped contacts, so the object is eased out, not shot out); the object's
 velocity is then zeroed and its pose after the settle is the reference the gravity test measures from.
 How far the settle moved it is reported too (``sim_settle_cm``): a large value means the sampled grasp
-overlapped the object deeply.
+overlapped the object deeply, or squeezed it out of a hold that does not enclose it (the usual way a
+refined grasp fails).
 
 Gravity is then tried along the six axis directions, each from the settled state for ``DURATION_S``.
 The displacement is the distance the object's centre of mass travelled; the grasp is ``stable`` if it
