@@ -76,6 +76,16 @@ def parse_hand(keypoints: Any, joint_order: str = "mano", hand: str = "right", f
     return HandInput(array, order, handedness)
 
 
+@dataclass(frozen=True)
+class GraspOptions:
+    """How a grasp request wants its grasps (the same on REST and gRPC)."""
+
+    refine: bool = True
+    resolution: int | None = None  # None: the server's default
+    physics: bool = False
+    rank: str | None = None  # None / "none": sampling order; "stability": most stable first
+
+
 class Engine:
     """Loaded models + execution lanes + metrics, shared by the REST and gRPC front ends."""
 
@@ -267,27 +277,18 @@ class Engine:
             raise InputError(f"num_samples: must be between 1 and {self.settings.max_grasp_samples}")
         return count
 
-    async def grasps(
-        self,
-        obj: trimesh.Trimesh,
-        count: int,
-        seed: int,
-        refine: bool,
-        resolution: int | None,
-        deadline: float,
-        physics: bool = False,
-        rank: str | None = None,
-    ) -> list[Any]:
+    async def grasps(self, obj: trimesh.Trimesh, count: int, seed: int, options: GraspOptions,
+                     deadline: float) -> list[Any]:
         """Object mesh (metres) -> ``count`` grasps sampled together with ``seed`` (one queued job).
 
-        ``physics`` adds the MuJoCo check to each grasp; ``rank="stability"`` implies it and returns the
-        most stable of up to twice as many samples (within ``max_grasp_samples``).
+        ``options.physics`` adds the MuJoCo check to each grasp; ``options.rank="stability"`` implies it and
+        returns the most stable of up to twice as many samples (within ``max_grasp_samples``).
         """
         check_object_size(obj, self.settings.max_object_faces)
-        resolution = self.resolution(resolution)
+        resolution = self.resolution(options.resolution)
         try:
             obj = grasps.validate_object(obj)
-            if physics or rank == "stability":
+            if options.physics or options.rank == "stability":
                 grasps.check_physics_object(obj)
         except ValueError as error:
             raise InputError(str(error)) from error
@@ -296,29 +297,20 @@ class Engine:
 
         def run(jobs: Sequence[tuple[int, int]]) -> list[list[Any]]:
             ((n, job_seed),) = jobs
-            sampled = vae.sample(obj, n=n, seed=job_seed, refine=refine, resolution=resolution, physics=physics,
-                                 rank=rank, max_candidates=limit)
+            sampled = vae.sample(obj, n=n, seed=job_seed, refine=options.refine, resolution=resolution,
+                                 physics=options.physics, rank=options.rank, max_candidates=limit)
             return [sampled]
 
         (sampled,) = await self.grasp_lane.submit([(count, seed)], ("grasps", object()), run, deadline)
         self.metrics.observe_physics([grasp.metrics for grasp in sampled])
         return sampled
 
-    async def stream_grasps(
-        self,
-        obj: trimesh.Trimesh,
-        count: int,
-        seed: int,
-        refine: bool,
-        resolution: int | None,
-        deadline: float,
-        physics: bool = False,
-        rank: str | None = None,
-    ) -> AsyncIterator[Any]:
+    async def stream_grasps(self, obj: trimesh.Trimesh, count: int, seed: int, options: GraspOptions,
+                            deadline: float) -> AsyncIterator[Any]:
         """Grasps one by one, each sent when ready: grasp i is a one-grasp sample with seed ``seed + i``
         (with ``rank="stability"``, the more stable of two samples)."""
         for index in range(count):
-            (grasp,) = await self.grasps(obj, 1, seed + index, refine, resolution, deadline, physics, rank)
+            (grasp,) = await self.grasps(obj, 1, seed + index, options, deadline)
             yield grasp
 
     @property

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service.batching import DeadlineExceededError, QueueFullError
 from service.codecs import InputError, mesh_to_packed, numeric_metrics, packed_to_mesh
-from service.engine import Engine, ModelUnavailableError, ShuttingDownError, parse_hand
+from service.engine import Engine, GraspOptions, ModelUnavailableError, ShuttingDownError, parse_hand
 from service.logs import request_id_var
 from service.proto_gen.halo.v1 import halo_pb2, halo_pb2_grpc
 
@@ -120,21 +120,20 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
     async def GenerateGrasps(self, request, context):  # noqa: N802 (gRPC method names)
         obj = self._object(request)
         count = self.engine.grasp_count(request.num_samples)
-        grasps = await self.engine.grasps(
-            obj, count, request.seed, _refine(request), request.resolution or None, self._deadline(context),
-            request.physics, _rank(request),
-        )
+        grasps = await self.engine.grasps(obj, count, request.seed, _options(request), self._deadline(context))
         return halo_pb2.GenerateGraspsResponse(grasps=[grasp_to_proto(g) for g in grasps])
 
     async def StreamGrasps(self, request, context):  # noqa: N802 (gRPC method names)
         obj = self._object(request)
         count = self.engine.grasp_count(request.num_samples)
-        stream = self.engine.stream_grasps(
-            obj, count, request.seed, _refine(request), request.resolution or None, self._deadline(context),
-            request.physics, _rank(request),
-        )
+        stream = self.engine.stream_grasps(obj, count, request.seed, _options(request), self._deadline(context))
         async for grasp in stream:
             yield grasp_to_proto(grasp)
+
+
+def _options(request: halo_pb2.GenerateGraspsRequest) -> GraspOptions:
+    """The request's grasp options, with REST's defaults for unset fields."""
+    return GraspOptions(_refine(request), request.resolution or None, request.physics, _rank(request))
 
 
 def _refine(request: halo_pb2.GenerateGraspsRequest) -> bool:

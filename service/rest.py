@@ -36,7 +36,7 @@ from service.codecs import (
     negotiate_format,
     numeric_metrics,
 )
-from service.engine import Engine, ModelUnavailableError, ShuttingDownError, parse_hand
+from service.engine import Engine, GraspOptions, ModelUnavailableError, ShuttingDownError, parse_hand
 from service.logs import request_id_var
 from service.viewer import add_viewer
 
@@ -348,8 +348,8 @@ def create_app(engine: Engine) -> FastAPI:
         count = engine.grasp_count(params.num_samples)
         results = await until_disconnected(
             request,
-            engine.grasps(obj, count, params.seed, params.refine, params.resolution, engine.deadline(),
-                          params.physics, params.rank),
+            engine.grasps(obj, count, params.seed,
+                          GraspOptions(params.refine, params.resolution, params.physics, params.rank), engine.deadline()),
         )
         with engine.metrics.time_stage("encode"):
             return json_bytes_response({"grasps": [grasp_payload(g) for g in results]})
