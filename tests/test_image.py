@@ -160,13 +160,16 @@ def test_grpc_generate_mesh_and_grasps(container: dict[str, str], sent: dict) ->
         assert mesh.is_watertight
         vertices, faces = mesh_to_packed(_mug())
         request = halo_pb2.GenerateGraspsRequest(object=halo_pb2.Mesh(vertices=vertices, faces=faces),
-                                                 num_samples=2, seed=0, refine=True, resolution=64)
+                                                 num_samples=2, seed=0, refine=True, resolution=64, physics=True)
         response = client.stub.GenerateGrasps(request, timeout=240)
         _count(sent, "grasps", "grpc", "OK")
     assert len(response.grasps) == 2
     for grasp in response.grasps:
         assert len(grasp.keypoints) == 63 and np.isfinite(grasp.keypoints).all()
         assert len(grasp.mesh.faces) > 0
+        # The physics check (MuJoCo, and CoACD for the mug's pieces) runs in the read-only, unprivileged container.
+        assert {"stable", "sim_displacement_cm", "sim_displacement_worst_cm"} <= set(grasp.metrics.values)
+        assert 0 <= grasp.metrics.values["sim_displacement_cm"] < 200
 
 
 def test_prometheus_on_the_host_scrapes_the_container(
