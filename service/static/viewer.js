@@ -541,6 +541,7 @@ const METRIC_LABELS = {
   stable: "stable",
 };
 const YES_NO_METRICS = new Set(["contact", "refined", "stable"]);
+const COUNT_METRICS = new Set(["sim_directions_held"]);
 
 function fillMetrics(grasps) {
   const names = Object.keys(grasps[0]?.metrics || {});
@@ -562,7 +563,8 @@ function fillMetrics(grasps) {
     for (const name of names) {
       const cell = document.createElement("td");
       const value = grasp.metrics[name];
-      cell.textContent = YES_NO_METRICS.has(name) ? (value ? "yes" : "no") : value.toFixed(2);
+      cell.textContent = YES_NO_METRICS.has(name) ? (value ? "yes" : "no")
+        : value.toFixed(COUNT_METRICS.has(name) ? 0 : 2);
       row.append(cell);
     }
     row.addEventListener("click", () => selectGrasp(index));
