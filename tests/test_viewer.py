@@ -257,7 +257,9 @@ def test_grasps_on_an_uploaded_object_fill_the_metrics_table(visit, tmp_path) ->
     for row in range(2):
         cells = rows.nth(row).locator("td").all_inner_texts()
         assert cells[1] == str(row + 1)
-        assert all(re.fullmatch(r"-?\d+\.\d\d|yes|no", cell) for cell in cells[2:]), cells
+        held = headers.index("held dirs")
+        assert re.fullmatch(r"[0-6]", cells[held]), cells  # a count of gravity directions
+        assert all(re.fullmatch(r"-?\d+\.\d\d|yes|no", cell) for cell in cells[2:held] + cells[held + 1:]), cells
     assert re.search(r"server \d+ ms", visit.page.inner_text("#grasp-timing"))
     assert "refine on" in visit.page.inner_text("#status") and "physics on" in visit.page.inner_text("#status")
     visit.page.screenshot(path=str(DOCS / "viewer_grasps.png"))
