@@ -11,6 +11,7 @@ from models.grasps.metrics import (
     _voxel_grid,
     cluster_diversity,
     grasp_metrics,
+    grasp_metrics_many,
     mean_pairwise_distance,
     penetration_volume,
     penetration_volumes,
@@ -126,6 +127,9 @@ def test_screened_metrics_equal_asking_every_voxel_and_vertex() -> None:
     expected = np.array([brute_force_metrics(hand, obj) for hand in hands])
     np.testing.assert_allclose(screened, expected, rtol=0, atol=1e-12)
     assert expected[1, 0] > 5.0 and expected[1, 1] > 0.004 and expected[4, 2] > 0.1  # the cases differ
+    # Split over threads, in order: the same per-hand metrics as in one thread.
+    assert grasp_metrics_many(hands, obj, workers=3) == grasp_metrics_many(hands, obj, workers=1)
+    assert grasp_metrics_many([], obj) == []
 
 
 def test_diversity_counts_clusters_and_distances() -> None:

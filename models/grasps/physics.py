@@ -46,10 +46,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import coacd
@@ -59,6 +57,7 @@ import trimesh
 from scipy.spatial import ConvexHull, QhullError
 
 from .hand_proxy import CAPSULES, PALM_CAPSULES
+from .parallel import thread_map
 
 log = logging.getLogger("halo.physics")
 
@@ -294,11 +293,6 @@ def simulate(model: mujoco.MjModel, directions: np.ndarray = AXIS_DIRECTIONS) ->
     return PhysicsResult(displacement, float(np.linalg.norm(settled - start) * 100))
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def check_grasps(keypoints: np.ndarray, radii: np.ndarray, obj: trimesh.Trimesh,
                  directions: np.ndarray = AXIS_DIRECTIONS, density: float = DENSITY_KG_M3,
                  workers: int | None = None) -> list[PhysicsResult]:
@@ -314,11 +308,7 @@ def check_grasps(keypoints: np.ndarray, radii: np.ndarray, obj: trimesh.Trimesh,
     def check(hand: np.ndarray) -> PhysicsResult:
         return simulate(build_model(hand, radii, pieces, density), directions)
 
-    threads = min(workers or available_cores(), len(keypoints))
-    if threads <= 1:
-        return [check(hand) for hand in keypoints]
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(check, keypoints))
+    return thread_map(check, keypoints, workers)
 
 
 def most_stable(results: list[PhysicsResult], n: int) -> list[int]:
