@@ -27,6 +27,7 @@ from models.grasps.object_input import (
     shell_samples,
     validate_object,
 )
+from models.grasps.parallel import available_cores, thread_map
 
 
 def box(size_cm: float, centre_cm: tuple[float, float, float], subdivisions: int = 3) -> trimesh.Trimesh:
@@ -189,3 +190,17 @@ def test_shell_of_an_object_without_inside_is_its_surface() -> None:
     square = trimesh.Trimesh(vertices=[[0, 0, 0], [0.05, 0, 0], [0.05, 0.05, 0], [0, 0.05, 0]], faces=[[0, 1, 2], [0, 2, 3]])
     points, depth = shell_samples(square, 50, np.random.default_rng(0))
     assert np.abs(points[:, 2]).max() < 1e-12 and (depth == 0).all()
+
+
+def test_available_cores_follow_a_container_cpu_quota(tmp_path) -> None:
+    """The thread fan-out of metrics and physics uses no more threads than a cgroup CPU limit allows."""
+    cpu_max = tmp_path / "cpu.max"
+    unlimited = available_cores(tmp_path / "missing")
+    assert unlimited >= 1
+    cpu_max.write_text("max 100000\n")
+    assert available_cores(cpu_max) == unlimited
+    cpu_max.write_text("150000 100000\n")  # 1.5 CPUs: two threads can use them
+    assert available_cores(cpu_max) == min(unlimited, 2)
+    cpu_max.write_text("50000 100000\n")
+    assert available_cores(cpu_max) == 1
+    assert thread_map(lambda x: x * x, [3, 1, 2], workers=2) == [9, 1, 4]
