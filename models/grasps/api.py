@@ -26,7 +26,7 @@ from .object_input import (
     object_points,
     validate_object,
 )
-from .physics import RANK_CANDIDATES, check_grasps, most_stable
+from .physics import RANK_CANDIDATES, PhysicsResult, check_grasps, most_stable
 
 SHIPPED_VAE = CHECKPOINT_DIR / "halo_vae.safetensors"
 MAX_SAMPLES = 64
@@ -122,6 +122,16 @@ class HaloVAE:
                                        batched(points.shell_depth), batched(points.surface), refine_config)
         return keypoints.double().cpu().numpy()
 
+    def check_physics(self, obj: trimesh.Trimesh, keypoints: np.ndarray,
+                      keep: int | None = None) -> tuple[np.ndarray, list[PhysicsResult]]:
+        """Validated object, (S,21,3) keypoints in its frame -> the keypoints and their physics results; with
+        ``keep``, only the ``keep`` most stable (worst direction first, then the mean), most stable first."""
+        results = check_grasps(keypoints, self.proxy.radii.numpy(), obj)
+        if keep is None:
+            return keypoints, results
+        order = most_stable(results, keep)
+        return keypoints[order], [results[i] for i in order]
+
     def sample(self, object_mesh: trimesh.Trimesh, n: int = 10, seed: int = 0, refine: bool = True,
                resolution: int = 128, physics: bool = False, rank: str | None = None,
                max_candidates: int = MAX_SAMPLES) -> list[Grasp]:
@@ -141,10 +151,9 @@ class HaloVAE:
         started = time.perf_counter()
         keypoints = self.sample_keypoints(obj, draw, seed, refine)
         sampled = time.perf_counter()
-        results = check_grasps(keypoints, self.proxy.radii.numpy(), obj) if physics or ranked else []
-        if ranked:
-            order = most_stable(results, int(n))
-            keypoints, results = keypoints[order], [results[i] for i in order]
+        results = []
+        if physics or ranked:
+            keypoints, results = self.check_physics(obj, keypoints, int(n) if ranked else None)
         simulated = [result.metrics() for result in results] or [{} for _ in keypoints]
         checked = time.perf_counter()
         meshes = self.base.mesh(keypoints, resolution=resolution)

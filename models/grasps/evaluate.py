@@ -26,7 +26,7 @@ from ..data.objects import make_object
 from ..plausibility import plausible_share
 from .api import HaloVAE
 from .metrics import canonical_keypoints, cluster_diversity, grasp_metrics_many, mean_pairwise_distance, summarize
-from .physics import RANK_CANDIDATES, PhysicsResult, check_grasps, most_stable
+from .physics import RANK_CANDIDATES, PhysicsResult
 
 
 def physics_summary(results: list[PhysicsResult]) -> dict[str, float]:
@@ -41,15 +41,10 @@ def physics_summary(results: list[PhysicsResult]) -> dict[str, float]:
 
 
 def score(name: str, keypoints: list[np.ndarray], meshes: list[list[trimesh.Trimesh]],
-          objects: list[trimesh.Trimesh], radii: np.ndarray | None = None) -> dict:
-    """Per-object keypoints (S,21,3) and hand meshes -> summary metrics for one method (and the physics
-    check's, given the proxy's (C,) capsule radii)."""
+          objects: list[trimesh.Trimesh], simulated: list[PhysicsResult] | None = None) -> dict:
+    """Per-object keypoints (S,21,3) and hand meshes (and all their physics results) -> summary metrics for one method."""
     per_grasp = [metrics for hands, obj in zip(meshes, objects, strict=True) for metrics in grasp_metrics_many(hands, obj)]
     pooled = np.concatenate(keypoints)
-    simulated = {}
-    if radii is not None:
-        simulated = physics_summary([result for hands, obj in zip(keypoints, objects, strict=True)
-                                     for result in check_grasps(hands, radii, obj)])
     return {
         "method": name,
         **summarize(per_grasp),
@@ -57,14 +52,13 @@ def score(name: str, keypoints: list[np.ndarray], meshes: list[list[trimesh.Trim
         "object_frame_cluster_entropy": cluster_diversity(pooled)["cluster_entropy"],
         "mean_pairwise_keypoint_distance_cm": float(np.mean([mean_pairwise_distance(k) for k in keypoints])),
         "plausible_share": plausible_share(pooled),
-        **simulated,
+        **(physics_summary(simulated) if simulated is not None else {}),
     }
 
 
-def most_stable_keypoints(vae: HaloVAE, obj: trimesh.Trimesh, samples: int, seed: int) -> np.ndarray:
-    """Object mesh -> (samples,21,3) refined keypoints: the most stable of ``RANK_CANDIDATES * samples``."""
-    keypoints = vae.sample_keypoints(obj, RANK_CANDIDATES * samples, seed, True)
-    return keypoints[most_stable(check_grasps(keypoints, vae.proxy.radii.numpy(), obj), samples)]
+def _pooled(per_object: list[list[PhysicsResult] | None]) -> list[PhysicsResult] | None:
+    """Physics results per object -> all of them in one list (None when the check was skipped)."""
+    return None if any(results is None for results in per_object) else [r for results in per_object for r in results]
 
 
 def evaluate_vae(vae: HaloVAE, object_indices: list[int], samples: int = 20, resolution: int = 128,
@@ -73,25 +67,31 @@ def evaluate_vae(vae: HaloVAE, object_indices: list[int], samples: int = 20, res
     """Test object numbers -> {"rows": [refined, raw, (ranked by stability,) synthesis data], "real_hands": ...,
     "seconds": ...}."""
     objects = [make_object(index)[0] for index in object_indices]
-    radii = vae.proxy.radii.numpy() if physics else None
+
+    def checked(obj: trimesh.Trimesh, keypoints: np.ndarray, keep: int | None = None
+                ) -> tuple[np.ndarray, list[PhysicsResult] | None]:
+        return vae.check_physics(obj, keypoints, keep) if physics else (keypoints, None)
+
     rows, seconds = [], {}
     methods = {
-        "vae + refinement": lambda obj, i: vae.sample_keypoints(obj, samples, seed + i, True),
-        "vae, raw samples": lambda obj, i: vae.sample_keypoints(obj, samples, seed + i, False),
+        "vae + refinement": lambda obj, i: checked(obj, vae.sample_keypoints(obj, samples, seed + i, True)),
+        "vae, raw samples": lambda obj, i: checked(obj, vae.sample_keypoints(obj, samples, seed + i, False)),
     }
     if physics:
-        methods["vae + refinement, ranked by stability"] = lambda obj, i: most_stable_keypoints(vae, obj, samples, seed + i)
+        methods["vae + refinement, ranked by stability"] = lambda obj, i: checked(
+            obj, vae.sample_keypoints(obj, RANK_CANDIDATES * samples, seed + i, True), samples)
     for name, draw in methods.items():
         started = time.perf_counter()
-        keypoints = [draw(obj, i) for i, obj in enumerate(objects)]
+        keypoints, simulated = zip(*[draw(obj, i) for i, obj in enumerate(objects)], strict=True)
         meshes = [vae.base.mesh(k, resolution=resolution) for k in keypoints]
         seconds[name] = time.perf_counter() - started
-        rows.append(score(name, keypoints, meshes, objects, radii))
+        rows.append(score(name, list(keypoints), meshes, objects, _pooled(simulated)))
     if data_keypoints:
         have = [i for i, index in enumerate(object_indices) if len(data_keypoints.get(index, [])) >= 2]
         keypoints = [data_keypoints[object_indices[i]][:samples].astype(np.float64) for i in have]
         meshes = [vae.base.mesh(k, resolution=resolution) for k in keypoints]
-        rows.append(score("synthesis data", keypoints, meshes, [objects[i] for i in have], radii))
+        simulated = [checked(objects[i], k)[1] for i, k in zip(have, keypoints, strict=True)]
+        rows.append(score("synthesis data", keypoints, meshes, [objects[i] for i in have], _pooled(simulated)))
     result = {"objects": len(objects), "samples_per_object": samples, "resolution": resolution,
               "rows": rows, "seconds": seconds}
     if real_keypoints is not None:
