@@ -13,7 +13,6 @@ Loss per batch (keypoints in metres, reported in cm):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -270,56 +269,3 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
                          for h in history[-3:]},
     }
     return save_vae(model.eval(), out, card)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``halo train vae``."""
-    parser.add_argument("--data", type=Path, required=True, help="folder of shard_*.npz from grasp synthesis")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/vae"))
-    parser.add_argument("--out", type=Path, default=Path("models/checkpoints/halo_vae.safetensors"))
-    parser.add_argument("--base-checkpoint", type=Path, default=None,
-                        help="frozen base model for the HALO loss terms (omit to train without them)")
-    parser.add_argument("--init", type=Path, default=None,
-                        help="start from these VAE weights (fine-tuning) instead of a random initialisation")
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
-    parser.add_argument("--batch", type=int, default=TrainConfig.batch)
-    parser.add_argument("--time-budget", type=float, default=0.0, help="minutes")
-    parser.add_argument("--rotations", type=int, default=TrainConfig.rotations,
-                        help="rotated copies of each training object (augmentation)")
-    parser.add_argument("--checkpoint-every", type=int, default=250)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Train with parsed options and print the model card."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = TrainConfig(steps=args.steps, batch=args.batch, learning_rate=args.learning_rate,
-                         time_budget_min=args.time_budget, rotations=args.rotations)
-    command = (f"halo train vae --data DATA --steps {args.steps} --batch {args.batch} --rotations {args.rotations}"
-               f" --learning-rate {args.learning_rate} --time-budget {args.time_budget}"
-               + (" --base-checkpoint BASE" if args.base_checkpoint else "") + (" --init VAE" if args.init else ""))
-    card = train_vae(args.data, args.run_dir, args.out, config, args.base_checkpoint,
-                     checkpoint_every=args.checkpoint_every, command=command, init=args.init)
-    print(json.dumps(card, indent=2))
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``vae`` under a ``train`` sub-command group; the handler is ``args.func``."""
-    parser = subparsers.add_parser("vae", help="train the HALO-VAE on synthesised grasps")
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m models.train.vae``: same options as ``halo train vae``."""
-    parser = argparse.ArgumentParser(prog="halo train vae", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,7 +8,6 @@ vendored under ``static/vendor/three``), and its Content-Security-Policy allows 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
@@ -17,7 +16,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.staticfiles import StaticFiles
 
 from models import skeleton
-from service.engine import SAMPLE_KEYPOINTS
+from models.assets import sample_hand
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PAGE = STATIC_DIR / "index.html"
@@ -48,7 +47,7 @@ def viewer_config(request: Request) -> dict:
         "default_grasp_samples": settings.default_grasp_samples,
         "max_upload_bytes": settings.max_upload_bytes,
         "joint_orders": {name: skeleton.bones(name).tolist() for name in JOINT_ORDER_CHOICES},
-        "sample": json.loads(SAMPLE_KEYPOINTS.read_text()),
+        "sample": sample_hand(),
     }
 
 
