@@ -37,11 +37,15 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # HALO_TORCH=cuda (the GPU image's build, which has no driver), the CUDA build.
 TORCH_REQUIREMENT="torch==2.13.0"
 TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+cpu_index_reachable() {
+  .venv/bin/python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=15)" \
+    "$TORCH_CPU_INDEX/torch/" >/dev/null 2>&1
+}
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   if [[ "${HALO_TORCH:-}" == "cuda" ]] || command -v nvidia-smi >/dev/null 2>&1; then
     "${PIP[@]}" "$TORCH_REQUIREMENT"
-  elif ! "${PIP[@]}" --retries 1 --timeout 20 --index-url "$TORCH_CPU_INDEX" "$TORCH_REQUIREMENT"; then
-    echo "setup: PyTorch's CPU wheel index is out of reach; installing $TORCH_REQUIREMENT as configured" >&2
+  elif ! { cpu_index_reachable && "${PIP[@]}" --index-url "$TORCH_CPU_INDEX" "$TORCH_REQUIREMENT"; }; then
+    echo "setup: PyTorch's CPU wheel index is out of reach; installing $TORCH_REQUIREMENT as pip is configured" >&2
     "${PIP[@]}" "$TORCH_REQUIREMENT"
   fi
 fi

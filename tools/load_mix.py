@@ -121,6 +121,89 @@ def _call_status(call: Callable[[], object]) -> str:
     return "OK"
 
 
+class _MixLoad:
+    """One mixed run's clients, requests and recorder, shared by the arrival loop and the background clients."""
+
+    def __init__(self, keypoints: np.ndarray, obj: trimesh.Trimesh | Path, points: np.ndarray, protocol: str,
+                 http_url: str, grpc_target: str, token: str | None, resolution: int, grasp_samples: int,
+                 grasp_refine: bool):
+        self.keypoints, self.obj, self.points = keypoints, obj, points
+        self.protocol, self.http_url, self.grpc_target, self.token = protocol, http_url, grpc_target, token
+        self.resolution, self.grasp_samples, self.grasp_refine = resolution, grasp_samples, grasp_refine
+        self.ok = "200" if protocol == "rest" else "OK"
+        self.recorder = _Recorder()
+        self.local = threading.local()
+        self.opened: list[RestClient | GrpcClient] = []
+        self.opened_lock = threading.Lock()
+
+    def new_client(self) -> RestClient | GrpcClient:
+        if self.protocol == "rest":
+            return RestClient(self.http_url, self.token)
+        return GrpcClient(self.grpc_target, self.token)
+
+    def thread_client(self) -> RestClient | GrpcClient:
+        """The calling pool thread's own client (opened on first use, closed by ``close``)."""
+        if not hasattr(self.local, "client"):
+            self.local.client = self.new_client()
+            with self.opened_lock:
+                self.opened.append(self.local.client)
+        return self.local.client
+
+    def request(self, endpoint: str, own: RestClient | GrpcClient, index: int) -> Callable[[], object]:
+        hand = self.keypoints[index % len(self.keypoints)]
+        if endpoint == "mesh":
+            return lambda: own.mesh(hand, resolution=self.resolution)
+        if endpoint == "occupancy":
+            return lambda: own.occupancy(hand, self.points)
+        return lambda: own.grasps(self.obj, num_samples=self.grasp_samples, seed=index, refine=self.grasp_refine,
+                                  resolution=self.resolution)
+
+    def send(self, endpoint: str, own: RestClient | GrpcClient, index: int, since: float, name: str = "") -> None:
+        """One request; its status and its latency from ``since`` recorded under ``name`` (default: the endpoint)."""
+        status = _call_status(self.request(endpoint, own, index))
+        self.recorder.record(name or endpoint, self.ok if status == "OK" else status, time.perf_counter() - since)
+
+    def background_grasps(self, worker: int, clients: int, stop_at: float) -> None:
+        """A closed-loop client sending grasp requests back to back until ``stop_at``."""
+        index = worker
+        with self.new_client() as own:
+            while time.perf_counter() < stop_at:
+                self.send("grasps", own, index, time.perf_counter(), "grasps-background")
+                index += clients
+
+    def close(self) -> None:
+        for client in self.opened:
+            client.close()
+
+
+def _arrivals(load: _MixLoad, mix: dict[str, float], rng: np.random.Generator, rate_per_s: float, concurrency: int,
+              started: float, stop_at: float) -> int:
+    """Poisson arrivals until ``stop_at``, each sent by a free pool thread; -> arrivals that waited for one."""
+    names, weights = list(mix), np.array([mix[name] for name in mix])
+    in_flight = threading.Semaphore(concurrency)
+    waited = 0
+
+    def send_and_release(endpoint: str, index: int, arrival: float) -> None:
+        try:
+            load.send(endpoint, load.thread_client(), index, arrival)
+        finally:
+            in_flight.release()
+
+    arrival, index = started, 0
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="bench") as pool:
+        while True:
+            arrival += rng.exponential(1.0 / rate_per_s)
+            if arrival >= stop_at:
+                break
+            time.sleep(max(0.0, arrival - time.perf_counter()))
+            if not in_flight.acquire(blocking=False):
+                waited += 1
+                in_flight.acquire()
+            pool.submit(send_and_release, names[rng.choice(len(names), p=weights)], index, arrival)
+            index += 1
+    return waited
+
+
 def run_mix_bench(
     keypoints: np.ndarray,
     mix: dict[str, float],
@@ -150,77 +233,24 @@ def run_mix_bench(
     obj = grasp_object if grasp_object is not None else trimesh.creation.box(extents=(0.06, 0.08, 0.05))
     rng = np.random.default_rng(seed)
     points = rng.normal(scale=0.03, size=(OCCUPANCY_POINTS, 3)) + keypoints.mean(axis=(0, 1))
-    ok = "200" if protocol == "rest" else "OK"
-    recorder = _Recorder()
-    local = threading.local()
-    opened: list = []
-    opened_lock = threading.Lock()
-
-    def client():
-        if not hasattr(local, "client"):
-            local.client = RestClient(http_url, token) if protocol == "rest" else GrpcClient(grpc_target, token)
-            with opened_lock:
-                opened.append(local.client)
-        return local.client
-
-    def request(endpoint: str, own: RestClient | GrpcClient, index: int) -> Callable[[], object]:
-        hand = keypoints[index % len(keypoints)]
-        if endpoint == "mesh":
-            return lambda: own.mesh(hand, resolution=resolution)
-        if endpoint == "occupancy":
-            return lambda: own.occupancy(hand, points)
-        return lambda: own.grasps(obj, num_samples=grasp_samples, seed=index, refine=grasp_refine, resolution=resolution)
-
-    def send(endpoint: str, index: int, arrival: float) -> None:
-        status = _call_status(request(endpoint, client(), index))
-        recorder.record(endpoint, ok if status == "OK" else status, time.perf_counter() - arrival)
-
+    load = _MixLoad(keypoints, obj, points, protocol, http_url, grpc_target, token, resolution, grasp_samples,
+                    grasp_refine)
     result = MixResult(
         protocol, mix, rate_per_s, concurrency, duration_s, resolution, grasp_samples, grasp_refine, grasp_clients,
         rss_before_bytes=server_rss(http_url),
     )
-    names, weights = list(mix), np.array([mix[name] for name in mix])
     started = time.perf_counter()
     stop_at = started + duration_s
-
-    def background_grasps(worker: int) -> None:
-        index = worker
-        with (RestClient(http_url, token) if protocol == "rest" else GrpcClient(grpc_target, token)) as own:
-            while time.perf_counter() < stop_at:
-                began = time.perf_counter()
-                status = _call_status(request("grasps", own, index))
-                recorder.record("grasps-background", ok if status == "OK" else status, time.perf_counter() - began)
-                index += grasp_clients
-
-    background = [threading.Thread(target=background_grasps, args=(i,), daemon=True) for i in range(grasp_clients)]
+    background = [threading.Thread(target=load.background_grasps, args=(i, grasp_clients, stop_at), daemon=True)
+                  for i in range(grasp_clients)]
     for thread in background:
         thread.start()
-    in_flight = threading.Semaphore(concurrency)
-
-    def send_and_release(endpoint: str, index: int, arrival: float) -> None:
-        try:
-            send(endpoint, index, arrival)
-        finally:
-            in_flight.release()
-
-    arrival, index = started, 0
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="bench") as pool:
-        while True:
-            arrival += rng.exponential(1.0 / rate_per_s)
-            if arrival >= stop_at:
-                break
-            time.sleep(max(0.0, arrival - time.perf_counter()))
-            if not in_flight.acquire(blocking=False):
-                result.waited_for_a_client += 1
-                in_flight.acquire()
-            pool.submit(send_and_release, names[rng.choice(len(names), p=weights)], index, arrival)
-            index += 1
+    result.waited_for_a_client = _arrivals(load, mix, rng, rate_per_s, concurrency, started, stop_at)
     for thread in background:
         thread.join()
-    for opened_client in opened:
-        opened_client.close()
+    load.close()
     result.wall_s = time.perf_counter() - started
-    result.endpoints = recorder.stats(result.wall_s)
+    result.endpoints = load.recorder.stats(result.wall_s)
     result.rss_after_bytes = server_rss(http_url)
     return result
 
