@@ -1,4 +1,5 @@
-"""``halo train base | calibrate | vae`` and ``halo eval base | vae``: flags -> the training modules' configs."""
+"""``halo train base | calibrate | vae | grasp-data`` and ``halo eval base | vae``: flags -> the training modules'
+configs."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import torch
 from cli.files import read_keypoint_sequence
 from cli.options import add_grasp_model
 from models.api import SHIPPED_BASE
-from models.grasps.evaluate import format_table
+from models.data import grasp_synthesis
+from models.data.asset import default_cache_dir
+from models.data.objects import SPLITS
 from models.train import base, calibrate, eval_base, eval_vae, vae
+from models.train.eval_vae import format_table
 
 
 def run_train_base(args: argparse.Namespace) -> int:
@@ -60,6 +64,13 @@ def run_train_vae(args: argparse.Namespace) -> int:
     card = vae.train_vae(args.data, args.run_dir, args.out, config, args.base_checkpoint,
                          checkpoint_every=args.checkpoint_every, command=command, init=args.init)
     print(json.dumps(card, indent=2))
+    return 0
+
+
+def run_grasp_data(args: argparse.Namespace) -> int:
+    grasp_synthesis.synthesise_dataset(args.out, args.objects, args.per_object, args.batch_objects,
+                                       grasp_synthesis.SynthesisConfig(steps=args.steps), args.hand_asset, args.seed,
+                                       args.start, args.split)
     return 0
 
 
@@ -151,6 +162,21 @@ def _add_train_vae(train: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_train_vae)
 
 
+def _add_grasp_data(train: argparse._SubParsersAction) -> None:
+    parser = train.add_parser("grasp-data", help="synthesise the grasp data set that train vae reads (resumable)")
+    parser.add_argument("--out", type=Path, default=default_cache_dir() / "grasps")
+    parser.add_argument("--objects", type=int, default=1250)
+    parser.add_argument("--per-object", type=int, default=32)
+    parser.add_argument("--batch-objects", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=grasp_synthesis.SynthesisConfig.steps)
+    parser.add_argument("--hand-asset", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--start", type=int, default=0, help="first object (for a second worker)")
+    parser.add_argument("--split", default="all", choices=("all", *SPLITS),
+                        help="only this split's objects (test: the synthesis-data baseline of halo eval vae)")
+    parser.set_defaults(func=run_grasp_data)
+
+
 def _add_eval_base(evaluate: argparse._SubParsersAction) -> None:
     parser = evaluate.add_parser("base", help="evaluate a base checkpoint (synthetic held-out + real keypoints)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="base checkpoint (default: the shipped one)")
@@ -186,7 +212,7 @@ def _add_eval_vae(evaluate: argparse._SubParsersAction) -> None:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Register ``train`` (base, calibrate, vae) and ``eval`` (base, vae)."""
+    """Register ``train`` (base, calibrate, vae, grasp-data) and ``eval`` (base, vae)."""
     train = commands.add_parser("train", help="train models on synthetic data").add_subparsers(
         dest="train_command", required=True)
     _add_train_base(train)
@@ -196,3 +222,4 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_eval_base(evaluate)
     _add_train_vae(train)
     _add_eval_vae(evaluate)
+    _add_grasp_data(train)
