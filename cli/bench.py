@@ -102,21 +102,18 @@ def _add_serve(bench_commands: argparse._SubParsersAction) -> None:
 
 
 def run_serve_bench(args: argparse.Namespace) -> int:
-
     if args.mix is not None:
         return _bench_mix(args)
-    result = run_bench(
-        load_keypoints(args.keypoints),
-        protocol=args.protocol,
-        http_url=args.url,
-        grpc_target=args.grpc_target,
-        concurrency=args.concurrency,
-        duration_s=args.duration,
-        resolution=args.resolution,
-        token=args.token,
-    )
+    result = run_bench(load_keypoints(args.keypoints), **_load_target(args))
     print(result_json(result) if args.json else format_result(result))
     return 0
+
+
+def _load_target(args: argparse.Namespace) -> dict:
+    """The flags both load tests share: where the server is, how hard and how long to load it."""
+    return {"protocol": args.protocol, "http_url": args.url, "grpc_target": args.grpc_target,
+            "concurrency": args.concurrency, "duration_s": args.duration, "resolution": args.resolution,
+            "token": args.token}
 
 
 def _bench_mix(args: argparse.Namespace) -> int:
@@ -124,17 +121,11 @@ def _bench_mix(args: argparse.Namespace) -> int:
         load_keypoints(args.keypoints),
         parse_mix(args.mix),
         rate_per_s=args.rate,
-        protocol=args.protocol,
-        http_url=args.url,
-        grpc_target=args.grpc_target,
-        concurrency=args.concurrency,
-        duration_s=args.duration,
-        resolution=args.resolution,
+        **_load_target(args),
         grasp_object=args.object,
         grasp_samples=args.grasp_samples,
         grasp_refine=args.grasp_refine,
         grasp_clients=args.grasp_clients,
-        token=args.token,
         seed=args.seed,
     )
     print(result_json(result) if args.json else format_mix_result(result))

@@ -39,6 +39,12 @@ class BenchResult:
     rss_after_bytes: float | None = None
 
 
+def percentiles(latencies: list[float]) -> tuple[float, float, float]:
+    """Latencies, seconds -> their p50, p95 and p99."""
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+    return float(p50), float(p95), float(p99)
+
+
 def server_rss(http_url: str) -> float | None:
     """The server's resident memory in bytes, from its Prometheus endpoint (None if unreachable)."""
     try:
@@ -99,7 +105,7 @@ def run_bench(
     result.completed = len(latencies)
     result.meshes_per_s = len(latencies) / wall
     if latencies:
-        result.p50_s, result.p95_s, result.p99_s = (float(q) for q in np.percentile(latencies, [50, 95, 99]))
+        result.p50_s, result.p95_s, result.p99_s = percentiles(latencies)
     return result
 
 

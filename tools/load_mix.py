@@ -23,7 +23,7 @@ import numpy as np
 import trimesh
 
 from tools.client import GrpcClient, HaloError, RestClient
-from tools.load import server_rss
+from tools.load import percentiles, server_rss
 
 MIX_ENDPOINTS = ("mesh", "occupancy", "grasps")
 SUCCESS = ("200", "OK")
@@ -105,7 +105,7 @@ class _Recorder:
             stats = EndpointStats(sent=sum(statuses.values()), completed=len(latencies), statuses=dict(statuses))
             stats.per_s = len(latencies) / wall_s
             if latencies:
-                stats.p50_s, stats.p95_s, stats.p99_s = (float(q) for q in np.percentile(latencies, [50, 95, 99]))
+                stats.p50_s, stats.p95_s, stats.p99_s = percentiles(latencies)
             result[endpoint] = stats
         return result
 

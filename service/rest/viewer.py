@@ -9,6 +9,7 @@ vendored under ``static/vendor/three``), and its Content-Security-Policy allows 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -17,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 
 from models import skeleton
 from models.assets import sample_hand
+from service.rest.schemas import JointOrderName
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PAGE = STATIC_DIR / "index.html"
@@ -32,8 +34,8 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-# The page's choices of joint order: the canonical ones plus the aliases users know them by.
-JOINT_ORDER_CHOICES = ("mano", "mediapipe", "openpose", "biomech", "halo")
+# The page's choices of joint order: those the API takes (the canonical ones and their aliases).
+JOINT_ORDER_CHOICES = get_args(JointOrderName)
 
 
 def viewer_config(request: Request) -> dict:
