@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from models import RESOLUTIONS
+from models.skeleton import HANDS
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 JOINT_ORDER_HELP = "mano (= mediapipe, openpose), biomech or halo"
@@ -23,7 +24,7 @@ def add_hand_model(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", default=None, help="base checkpoint (.safetensors or the published HALO model_best.pt)"
     )
     parser.add_argument("--joint-order", default="mano", help=JOINT_ORDER_HELP)
-    parser.add_argument("--hand", default="right", choices=("right", "left"))
+    parser.add_argument("--hand", default="right", choices=HANDS)
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from models import skeleton
 from service.inputs import RESOLUTION_HELP, GraspOptions
 
 Point = Annotated[list[float], Field(min_length=3, max_length=3)]
@@ -15,7 +16,7 @@ Keypoints = Annotated[
     Field(min_length=21, max_length=21, description="21 x [x, y, z] in metres, in `joint_order`."),
 ]
 JointOrderName = Literal["mano", "mediapipe", "openpose", "biomech", "halo"]
-HandName = Literal["right", "left"]
+HandName = Literal[skeleton.HANDS]
 FormatName = Literal["json", "ply", "obj", "glb"]
 OBJECT_FILE_HELP = ".obj, .ply, .stl or .glb file."
 
