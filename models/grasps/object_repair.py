@@ -53,6 +53,10 @@ HULL_POINTS = 5000  # the flatness check looks at this many vertices at most
 CACHE_SIZE = 32
 
 
+class ObjectError(ValueError):
+    """Invalid object mesh; the message starts with the field name, ``object: ...``."""
+
+
 @dataclass(frozen=True)
 class Preparation:
     """What was done to one object (``mesh.metadata["preparation"]`` of a prepared mesh)."""
@@ -239,7 +243,7 @@ def _prepare(vertices: np.ndarray, faces: np.ndarray) -> trimesh.Trimesh:
     merged_vertices, merged_faces, merged, dropped = repair(vertices, faces)
     sent = len(faces)
     if len(merged_faces) == 0:
-        raise ValueError("object: every face has zero area (all its vertices coincide or lie on a line)")
+        raise ObjectError("object: every face has zero area (its vertices coincide or lie on one line); nothing to grasp")
     closed = close_holes(merged_vertices, merged_faces) if _body_count(merged_faces) <= MAX_BODIES else None
     holes = closed[2] if closed is not None else 0
     mesh = None
