@@ -28,11 +28,13 @@ def _sphere_soup(count: int, radius: float, seed: int) -> tuple[np.ndarray, np.n
 
 
 def degenerate_box() -> tuple[np.ndarray, np.ndarray]:
-    """A box with zero-area faces (a repeated vertex, three collinear points) and duplicated vertices."""
+    """A box whose second half of faces uses a duplicate copy of the vertices, plus zero-area faces (a repeated
+    vertex, three collinear points, one point three times)."""
     vertices, faces = _box()
-    vertices = np.concatenate([vertices, vertices[:4], (vertices[0] + vertices[1])[None] / 2])
-    midpoint = len(vertices) - 1
-    extra = np.array([[0, 0, 1], [0, 1, midpoint], [8, 9, 10], [2, 2, 2]])
+    count = len(vertices)
+    faces = np.concatenate([faces[:6], faces[6:] + count])
+    vertices = np.concatenate([vertices, vertices, (vertices[0] + vertices[1])[None] / 2])
+    extra = np.array([[0, 0, 1], [0, 1, 2 * count], [2, 2, 2]])
     return vertices, np.concatenate([faces, extra])
 
 
@@ -84,7 +86,7 @@ def slivers() -> tuple[np.ndarray, np.ndarray]:
     """A tube made of needle-thin triangles (aspect ratio about 10,000)."""
     angles = np.linspace(0, 2 * np.pi, 2000, endpoint=False)
     ring = np.column_stack([0.03 * np.cos(angles), 0.03 * np.sin(angles), np.zeros_like(angles)])
-    vertices = np.concatenate([ring, ring + [0.0, 0.0, 0.1]])
+    vertices = np.concatenate([ring, ring + np.array([0.0, 0.0, 0.1])])
     i = np.arange(2000)
     j = (i + 1) % 2000
     faces = np.concatenate([np.column_stack([i, j, i + 2000]), np.column_stack([j, j + 2000, i + 2000])])

@@ -68,15 +68,12 @@ class _Worker:
         self.replies = Connection(os.dup(self.process.stdout.fileno()), writable=False)
         self.process.stdin.close()
         self.process.stdout.close()
-        self.fresh = True
 
     def call(self, function: Callable[[Any], Any], argument: Any, time_limit_s: float) -> tuple[bool, Any]:
         """-> (True, result) or (False, Failure); on a crash or overrun the worker is dead afterwards."""
-        limit = time_limit_s + (START_TIMEOUT_S if self.fresh else 0.0)
-        self.fresh = False
         try:
             self.requests.send((function, argument))
-            if not self.replies.poll(limit):
+            if not self.replies.poll(time_limit_s):
                 self.stop()
                 return False, Failure("timed out", f"no answer within {time_limit_s:g} s")
             status, value = self.replies.recv()
@@ -111,12 +108,16 @@ class ContainedPool:
         self._lock = threading.Lock()
 
     def _take(self) -> _Worker:
-        """An idle worker, starting one if fewer than ``size`` exist."""
+        """An idle worker, starting one (and waiting until it is up) if fewer than ``size`` exist."""
         with self._lock:
-            if self._idle.empty() and self._started < self.size:
+            start = self._idle.empty() and self._started < self.size
+            if start:
                 self._started += 1
-                return _Worker()
-        return self._idle.get()
+        if not start:
+            return self._idle.get()
+        worker = _Worker()
+        worker.call(_ready, None, START_TIMEOUT_S)  # imports numpy and the simulator: not part of any call's limit
+        return worker
 
     def _give_back(self, worker: _Worker) -> None:
         """Return a live worker to the pool; a dead one is replaced lazily."""
@@ -128,9 +129,7 @@ class ContainedPool:
 
     def start(self) -> None:
         """Start every worker and wait until each has answered once (a server does this while warming up)."""
-        workers = [self._take() for _ in range(self.size - self._started + self._idle.qsize())]
-        for worker in workers:
-            worker.call(_ready, None, START_TIMEOUT_S)
+        for worker in [self._take() for _ in range(self.size - self._started + self._idle.qsize())]:
             self._give_back(worker)
 
     def call(self, function: Callable[[Any], Any], argument: Any, time_limit_s: float) -> Any:
