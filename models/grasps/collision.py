@@ -23,6 +23,7 @@ import trimesh
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 
+from ..geometry import signed_volume
 from .object_repair import hull_volume, mesh_key, prepare, surface_samples, voxel_solid
 
 CONVEX_VOLUME_SHARE = 0.95
@@ -54,7 +55,7 @@ def check_object(obj: trimesh.Trimesh) -> None:
 
 def _is_nearly_convex(body: trimesh.Trimesh) -> bool:
     """Whether a closed body has nearly the volume of its convex hull."""
-    return abs(body.volume) >= CONVEX_VOLUME_SHARE * hull_volume(np.asarray(body.vertices))
+    return abs(signed_volume(body)) >= CONVEX_VOLUME_SHARE * hull_volume(np.asarray(body.vertices))
 
 
 def _solid_share(index: np.ndarray) -> float:

@@ -36,7 +36,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import ConvexHull, QhullError
 
-from ..geometry import closed_bodies
+from ..geometry import closed_bodies, signed_volume
 
 MERGE_M = 1e-6  # vertices closer than a micrometre are one vertex
 MIN_FACE_AREA_M2 = 1e-12  # a square micrometre
@@ -188,7 +188,7 @@ def solid_mesh(grid: SolidGrid) -> trimesh.Trimesh:
     padded = ndimage.gaussian_filter(np.pad(grid.solid.astype(np.float64), 2), PROXY_BLUR_VOXELS)
     vertices, faces = mcubes.marching_cubes(padded, 0.5)
     mesh = trimesh.Trimesh(grid.low + (vertices - 1.5) * grid.voxel, faces, process=False)
-    if mesh.volume < 0:
+    if signed_volume(mesh) < 0:
         mesh.invert()
     return mesh
 
@@ -222,17 +222,17 @@ def hull_volume(points: np.ndarray) -> float:
 def _has_volume(mesh: trimesh.Trimesh) -> bool:
     """Whether every body of a mesh is closed, outward-facing and holds at least MIN_BODY_VOLUME_M3."""
     bodies = closed_bodies(mesh)
-    return bodies is not None and all(body.volume >= MIN_BODY_VOLUME_M3 for body in bodies)
+    return bodies is not None and all(signed_volume(body) >= MIN_BODY_VOLUME_M3 for body in bodies)
 
 
 def _turn_inside_out_bodies(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     """Closed, consistently wound bodies with a negative volume turned the right way out (others left as they are)."""
     bodies = mesh.split(only_watertight=False, repair=False)
-    if not any(body.is_watertight and body.is_winding_consistent and body.volume < 0 for body in bodies):
+    if not any(body.is_watertight and body.is_winding_consistent and signed_volume(body) < 0 for body in bodies):
         return mesh
     turned = []
     for body in bodies:
-        if body.is_watertight and body.is_winding_consistent and body.volume < 0:
+        if body.is_watertight and body.is_winding_consistent and signed_volume(body) < 0:
             body.invert()
         turned.append(body)
     return trimesh.util.concatenate(turned)
