@@ -31,7 +31,8 @@ def run_grasps_bench(args: argparse.Namespace) -> int:
     return run_grasp_benchmark(GraspBench(
         checkpoint=args.checkpoint, base_checkpoint=args.base_checkpoint, objects=args.objects,
         samples=args.samples, resolution=args.resolution, seed=args.seed, threads=args.threads,
-        physics=args.physics, json_path=None if args.json is None else Path(args.json),
+        physics=args.physics, object_set=args.set, first_sight=args.first_sight,
+        json_path=None if args.json is None else Path(args.json),
     ))
 
 
@@ -60,6 +61,10 @@ def _add_grasps(bench_commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the requests and the calibration")
     parser.add_argument("--physics", action="store_true", help="also run and time the MuJoCo physics check")
+    parser.add_argument("--set", choices=("procedural", "real"), default="procedural",
+                        help="procedural test objects (--objects of them) or the real-object set plus a 200k-face scan")
+    parser.add_argument("--first-sight", action="store_true",
+                        help="time each object's preparation and decomposition inside its (first) request")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.set_defaults(func=run_grasps_bench)
 

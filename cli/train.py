@@ -87,8 +87,8 @@ def run_eval_base(args: argparse.Namespace) -> int:
 
 def run_eval_vae(args: argparse.Namespace) -> int:
     real = read_keypoint_sequence(Path(args.real_keypoints)) if args.real_keypoints else None
-    fields = ("checkpoint", "base_checkpoint", "device", "resolution", "seed", "objects", "samples", "physics",
-              "write_card")
+    fields = ("checkpoint", "base_checkpoint", "device", "resolution", "seed", "objects", "object_set", "samples",
+              "physics", "write_card")
     result = eval_vae.run(eval_vae.EvalVAEConfig(
         **{name: getattr(args, name) for name in fields}, data=args.data and Path(args.data), real_keypoints=real,
         preview=args.preview and Path(args.preview),
@@ -198,6 +198,8 @@ def _add_eval_vae(evaluate: argparse._SubParsersAction) -> None:
     parser = evaluate.add_parser("vae", help="grasp metrics on held-out test objects, with baselines")
     parser.add_argument("--data", default=None, help="grasp data folder (adds the synthesis-data baseline)")
     parser.add_argument("--objects", type=int, default=10, help="number of test objects")
+    parser.add_argument("--object-set", choices=("procedural", "real"), default="procedural",
+                        help="procedural test objects, or every mesh of the real-object set (models/assets/objects)")
     parser.add_argument("--samples", type=int, default=20, help="grasps per object")
     parser.add_argument("--real-keypoints", default=None,
                         help="(T,21,3) real right-hand keypoints (.npy/.json/.pkl): a plausibility sanity row")

@@ -103,9 +103,9 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         return self.engine.deadline(context.time_remaining())
 
-    def _grasp_job(self, request: halo_pb2.GenerateGraspsRequest) -> GraspJob:
+    async def _grasp_job(self, request: halo_pb2.GenerateGraspsRequest) -> GraspJob:
         obj = packed_to_mesh(request.object.vertices, request.object.faces, field="object")
-        return self.inputs.grasps(obj, request.num_samples, request.seed, _options(request))
+        return await self.inputs.grasps(obj, request.num_samples, request.seed, _options(request))
 
     async def GenerateMesh(self, request, context):  # noqa: N802 (gRPC method names)
         hands = [hand_from_proto(h, f"hands[{i}].") for i, h in enumerate(request.hands)]
@@ -123,11 +123,12 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
         return halo_pb2.QueryOccupancyResponse(probabilities=probs.astype(np.float32).tolist())
 
     async def GenerateGrasps(self, request, context):  # noqa: N802 (gRPC method names)
-        grasps = await self.engine.grasps(self._grasp_job(request), self._deadline(context))
+        grasps = await self.engine.grasps(await self._grasp_job(request), self._deadline(context))
         return halo_pb2.GenerateGraspsResponse(grasps=[grasp_to_proto(g) for g in grasps])
 
     async def StreamGrasps(self, request, context):  # noqa: N802 (gRPC method names)
-        async for grasp in self.engine.stream_grasps(self._grasp_job(request), self._deadline(context)):
+        job = await self._grasp_job(request)
+        async for grasp in self.engine.stream_grasps(job, self._deadline(context)):
             yield grasp_to_proto(grasp)
 
 

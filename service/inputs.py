@@ -8,6 +8,7 @@ limits and returns a job the engine runs without checking again. Every error is 
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -206,13 +207,14 @@ class Inputs:
             raise InputError(f"num_samples: must be between 1 and {self.settings.max_grasp_samples}")
         return count
 
-    def grasps(self, obj: trimesh.Trimesh, count: int | None, seed: int, options: GraspOptions) -> GraspJob:
-        """An object mesh (metres) + grasp parameters -> a grasp job the grasp model accepts."""
+    async def grasps(self, obj: trimesh.Trimesh, count: int | None, seed: int, options: GraspOptions) -> GraspJob:
+        """An object mesh (metres) + grasp parameters -> a grasp job on the checked, repaired and closed object."""
         count = self.grasp_count(count)
         check_object_size(obj, self.settings.max_object_faces)
         resolution = self.resolution(options.resolution)
         try:
-            obj = grasps.validate_object(obj)
+            # Repairing and closing a large or broken mesh takes up to a second: not on the event loop.
+            obj = await asyncio.to_thread(grasps.prepare_object, obj)
             if options.physics or options.rank == "stability":
                 grasps.check_physics_object(obj)
         except ValueError as error:

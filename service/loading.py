@@ -71,8 +71,10 @@ def warm_up_meshes(base: HaloBase, resolution: int) -> None:
 
 
 def warm_up_grasps(vae: HaloVAE, resolution: int) -> None:
-    """Sample two grasps of a cube (the first grasp request would otherwise pay about a second of set-up)."""
-    vae.sample(trimesh.creation.box(extents=WARM_UP_OBJECT_M), n=2, seed=0, refine=True, resolution=resolution)
+    """Sample two grasps of a cube (the first grasp request would otherwise pay about a second of set-up), with
+    the physics check, so that its worker processes start now, not on the first request."""
+    vae.sample(trimesh.creation.box(extents=WARM_UP_OBJECT_M), n=2, seed=0, refine=True, resolution=resolution,
+               physics=True)
 
 
 def describe_model(model: HaloBase | HaloVAE | None, role: str, device: str, unavailable: dict[str, str]) -> dict:

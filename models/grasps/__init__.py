@@ -3,7 +3,7 @@
 from .api import Grasp, GraspRequestError, HaloVAE, load_vae
 from .collision import PhysicsError
 from .collision import check_object as check_physics_object
-from .object_input import ObjectError, validate_object
+from .object_input import ObjectError, prepare_object, validate_object
 
 __all__ = ["Grasp", "GraspRequestError", "HaloVAE", "ObjectError", "PhysicsError", "check_physics_object", "load_vae",
-           "validate_object"]
+           "prepare_object", "validate_object"]

@@ -36,7 +36,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import ConvexHull, QhullError
 
-from ..geometry import closed_bodies
+from ..geometry import closed_bodies, signed_volume
 
 MERGE_M = 1e-6  # vertices closer than a micrometre are one vertex
 MIN_FACE_AREA_M2 = 1e-12  # a square micrometre
@@ -51,6 +51,10 @@ MAX_SURFACE_SAMPLES = 2_000_000
 SAMPLE_SPACING = 0.9  # samples closer than a voxel make a 26-connected shell, which a 6-connected fill cannot cross
 HULL_POINTS = 5000  # the flatness check looks at this many vertices at most
 CACHE_SIZE = 32
+
+
+class ObjectError(ValueError):
+    """Invalid object mesh; the message starts with the field name, ``object: ...``."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,7 @@ def solid_mesh(grid: SolidGrid) -> trimesh.Trimesh:
     padded = ndimage.gaussian_filter(np.pad(grid.solid.astype(np.float64), 2), PROXY_BLUR_VOXELS)
     vertices, faces = mcubes.marching_cubes(padded, 0.5)
     mesh = trimesh.Trimesh(grid.low + (vertices - 1.5) * grid.voxel, faces, process=False)
-    if mesh.volume < 0:
+    if signed_volume(mesh) < 0:
         mesh.invert()
     return mesh
 
@@ -218,17 +222,17 @@ def hull_volume(points: np.ndarray) -> float:
 def _has_volume(mesh: trimesh.Trimesh) -> bool:
     """Whether every body of a mesh is closed, outward-facing and holds at least MIN_BODY_VOLUME_M3."""
     bodies = closed_bodies(mesh)
-    return bodies is not None and all(body.volume >= MIN_BODY_VOLUME_M3 for body in bodies)
+    return bodies is not None and all(signed_volume(body) >= MIN_BODY_VOLUME_M3 for body in bodies)
 
 
 def _turn_inside_out_bodies(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     """Closed, consistently wound bodies with a negative volume turned the right way out (others left as they are)."""
     bodies = mesh.split(only_watertight=False, repair=False)
-    if not any(body.is_watertight and body.is_winding_consistent and body.volume < 0 for body in bodies):
+    if not any(body.is_watertight and body.is_winding_consistent and signed_volume(body) < 0 for body in bodies):
         return mesh
     turned = []
     for body in bodies:
-        if body.is_watertight and body.is_winding_consistent and body.volume < 0:
+        if body.is_watertight and body.is_winding_consistent and signed_volume(body) < 0:
             body.invert()
         turned.append(body)
     return trimesh.util.concatenate(turned)
@@ -239,7 +243,7 @@ def _prepare(vertices: np.ndarray, faces: np.ndarray) -> trimesh.Trimesh:
     merged_vertices, merged_faces, merged, dropped = repair(vertices, faces)
     sent = len(faces)
     if len(merged_faces) == 0:
-        raise ValueError("object: every face has zero area (all its vertices coincide or lie on a line)")
+        raise ObjectError("object: every face has zero area (its vertices coincide or lie on one line); nothing to grasp")
     closed = close_holes(merged_vertices, merged_faces) if _body_count(merged_faces) <= MAX_BODIES else None
     holes = closed[2] if closed is not None else 0
     mesh = None

@@ -99,7 +99,7 @@ async def grasps(request: Request, engine: EngineDep, inputs: InputsDep) -> Resp
         obj, params = await read_grasp_json(request)
     else:
         return error_response(415, f"content-type: {media!r}; use application/json or multipart/form-data")
-    job = inputs.grasps(obj, params.num_samples, params.seed, params)
+    job = await inputs.grasps(obj, params.num_samples, params.seed, params)
     results = await until_disconnected(request, engine.grasps(job, engine.deadline()))
     with engine.metrics.time_stage("encode"):
         return json_bytes_response({"grasps": [grasp_payload(g) for g in results]})
