@@ -1,8 +1,9 @@
-"""``halo bench mesh | grasps | serve``: speed measurements (not tests), run by the client-side ``tools``."""
+"""``halo bench mesh | grasps | serve | decomposition``: speed measurements (not tests), run by the client-side ``tools``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from cli.files import load_keypoints, read_array
@@ -10,6 +11,7 @@ from cli.options import add_resolution
 from models.assets import SAMPLE_KEYPOINTS
 from tools.bench_grasps import GraspBench, run_grasp_benchmark
 from tools.bench_mesh import MeshBench, run_mesh_benchmark
+from tools.decomposition_fidelity import run_decomposition_fidelity
 from tools.load import format_result, result_json, run_bench
 from tools.load_mix import format_mix_result, parse_mix, run_mix_bench
 
@@ -34,6 +36,24 @@ def run_grasps_bench(args: argparse.Namespace) -> int:
         physics=args.physics, object_set=args.set, first_sight=args.first_sight,
         json_path=None if args.json is None else Path(args.json),
     ))
+
+
+def run_decomposition_bench(args: argparse.Namespace) -> int:
+    result = run_decomposition_fidelity(args.samples, args.procedural, args.seed)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _add_decomposition(bench_commands: argparse._SubParsersAction) -> None:
+    parser = bench_commands.add_parser(
+        "decomposition", help="physics check with voxel convex pieces vs CoACD on the same grasps (fidelity, speed)")
+    parser.add_argument("--samples", type=int, default=8, help="refined grasps per object")
+    parser.add_argument("--procedural", type=int, default=20, help="procedural test objects to look through")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.set_defaults(func=run_decomposition_bench)
 
 
 def _add_mesh(bench_commands: argparse._SubParsersAction) -> None:
@@ -138,9 +158,10 @@ def _bench_mix(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Register ``bench`` and its ``mesh``, ``grasps`` and ``serve`` subcommands."""
+    """Register ``bench`` and its ``mesh``, ``grasps``, ``serve`` and ``decomposition`` subcommands."""
     bench = commands.add_parser("bench", help="benchmarks (speed, not tests)")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     _add_mesh(bench_commands)
     _add_grasps(bench_commands)
     _add_serve(bench_commands)
+    _add_decomposition(bench_commands)

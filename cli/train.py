@@ -87,8 +87,8 @@ def run_eval_base(args: argparse.Namespace) -> int:
 
 def run_eval_vae(args: argparse.Namespace) -> int:
     real = read_keypoint_sequence(Path(args.real_keypoints)) if args.real_keypoints else None
-    fields = ("checkpoint", "base_checkpoint", "device", "resolution", "seed", "objects", "object_set", "samples",
-              "physics", "write_card")
+    fields = ("checkpoint", "base_checkpoint", "device", "resolution", "seed", "objects", "samples", "physics",
+              "write_card", "object_set")
     result = eval_vae.run(eval_vae.EvalVAEConfig(
         **{name: getattr(args, name) for name in fields}, data=args.data and Path(args.data), real_keypoints=real,
         preview=args.preview and Path(args.preview),

@@ -71,8 +71,8 @@ def warm_up_meshes(base: HaloBase, resolution: int) -> None:
 
 
 def warm_up_grasps(vae: HaloVAE, resolution: int) -> None:
-    """Sample two grasps of a cube (the first grasp request would otherwise pay about a second of set-up), with
-    the physics check, so that its worker processes start now, not on the first request."""
+    """Sample two physics-checked grasps of a cube (the first grasp request would otherwise pay about a second of
+    set-up, and the physics check's worker processes start now)."""
     vae.sample(trimesh.creation.box(extents=WARM_UP_OBJECT_M), n=2, seed=0, refine=True, resolution=resolution,
                physics=True)
 

@@ -2,7 +2,7 @@
 
 Each timed request is ``vae.sample(object, n, refine=True)`` with meshes at ``resolution`` and the
 metrics, on a held-out test object; it is preceded by the team's calibration workload (see
-``bench_mesh``) and reported as ``ratio = request seconds / calibration seconds``. The median over the
+``tools.bench_mesh``) and reported as ``ratio = request seconds / calibration seconds``. The median over the
 objects is the figure the grasp-latency goal is stated in.
 
 With ``--physics`` each request also runs the MuJoCo check (``models.grasps.physics``): the object's

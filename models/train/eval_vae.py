@@ -180,12 +180,12 @@ class EvalVAEConfig:
     seed: int = 0
     data: Path | None = None  # grasp data folder (adds the synthesis-data baseline)
     objects: int = 10  # number of test objects
-    object_set: str = "procedural"  # procedural test objects, or "real": every mesh of the real-object set
     samples: int = 20  # grasps per object
     real_keypoints: np.ndarray | None = None  # (T,21,3) real right-hand keypoints: a plausibility sanity row
     physics: bool = True  # MuJoCo check of every grasp: stable share, displacement, a ranked row
     write_card: bool = False  # store the results in the VAE's model card
     preview: Path | None = None  # also render PREVIEW_GRASPS grasps on each of the first PREVIEW_OBJECTS objects
+    object_set: str = "procedural"  # or "real": every mesh of the real-object set (models.data.real_objects)
 
 
 def run(config: EvalVAEConfig) -> dict:
@@ -210,12 +210,13 @@ def run(config: EvalVAEConfig) -> dict:
     result["object_indices"] = indices
     result["refinement"] = asdict(RefineConfig())
     result["eval_command"] = (f"halo eval vae --object-set {config.object_set}{' --data DATA' if config.data else ''}"
-                              f" --objects {config.objects} --samples {config.samples} --resolution {config.resolution} --seed {config.seed}"
+                              f" --objects {config.objects}"
+                              f" --samples {config.samples} --resolution {config.resolution} --seed {config.seed}"
                               f"{' --real-keypoints KEYPOINTS' if config.real_keypoints is not None else ''}"
                               f"{'' if config.physics else ' --no-physics'}")
     if config.write_card:
-        update_card(config.checkpoint or SHIPPED_VAE, **{"evaluation" if config.object_set == "procedural"
-                                                          else "evaluation_real_objects": result})
+        entry = "evaluation" if config.object_set == "procedural" else "evaluation_real_objects"
+        update_card(config.checkpoint or SHIPPED_VAE, **{entry: result})
     if config.preview and config.object_set == "procedural":
         write_preview(vae, indices[:PREVIEW_OBJECTS], config.preview, config.resolution, config.seed)
     return result
