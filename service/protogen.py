@@ -6,7 +6,6 @@ folder and fails if the checked-in files differ.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -44,12 +43,9 @@ def generate(out_dir: Path) -> list[Path]:
     return sorted(p for p in out_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: regenerate the stubs (default: into service/proto_gen)."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
-    for path in generate(args.out):
+def main() -> int:
+    """``python -m service.protogen``: regenerate the checked-in stubs in service/proto_gen."""
+    for path in generate(DEFAULT_OUT):
         print(path)
     return 0
 
