@@ -78,7 +78,7 @@ def part_distances(bones: torch.Tensor) -> torch.Tensor:
     return torch.cat([bones[..., :5].amin(-1, keepdim=True), bones[..., part_bones]], dim=-1)
 
 
-class _Crops:
+class GridCrops:
     """Per-hand crops of the (R+1)^3 grid, all of one shape, aligned to the coarse lattice."""
 
     def __init__(self, joints_model: torch.Tensor, resolution: int, coarse_step: int, margin: float) -> None:
@@ -95,7 +95,7 @@ class _Crops:
         return grid_to_model((index + self.origin[hand]).to(torch.float32), resolution)
 
 
-def _evaluate(
+def evaluate_occupancy(
     decoder: OccupancyDecoder,
     code: HandCode,
     joints_model: torch.Tensor,
@@ -157,7 +157,7 @@ def mise(
     # Culled points are outside, so nothing beyond the cull radius needs a grid (the crop snaps outwards to
     # the coarse lattice, which keeps at least one layer of outside points around the hand).
     margin = cull_radius * MODEL_SCALE if cull_radius is not None else BOX_SIZE
-    crops = _Crops(joints_model, resolution, step, margin)
+    crops = GridCrops(joints_model, resolution, step, margin)
     batch, device = joints_model.shape[0], joints_model.device
     shape = (batch, *(cells + 1 for cells in crops.cells))
     values = torch.zeros(shape, device=device)
@@ -177,7 +177,7 @@ def mise(
         started = time.perf_counter()
         hand, where = index[:, 0], tuple(index.T)
         points = crops.model_points(index[:, 1:], hand, resolution)
-        new_values, evaluated = _evaluate(decoder, code, joints_model, points, hand, cull)
+        new_values, evaluated = evaluate_occupancy(decoder, code, joints_model, points, hand, cull)
         stats.occupancy_s += time.perf_counter() - started
         stats.points_evaluated += evaluated
         stats.refinement_rounds.append(evaluated)
