@@ -15,7 +15,7 @@ from .canonical import MODEL_SCALE, Canonical, canonicalize, transform_points, v
 from .meshing import DEFAULT_CULL_RADIUS_M, MeshStats, extract_model_meshes, to_keypoint_frame
 from .occupancy import OccupancyDecoder, load_decoder
 from .skeleton import MIRROR, resolve_hand
-from .smoothing import taubin_smooth, vertex_normals
+from .smoothing import DEFAULT_SMOOTH_ITERATIONS, taubin_smooth, vertex_normals
 from .streaming import StreamConfig, StreamMesher, StreamStats
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -76,6 +76,7 @@ class HaloBase:
 
         ``smooth``: Taubin iterations (``smoothing.taubin_smooth``); 0 keeps the marching-cubes surface of
         the original HALO extraction (the parity mode)."""
+        _check_smooth(smooth)
         stats = MeshStats()
         started = time.perf_counter()
         canonical, is_left = self.prepare(keypoints, joint_order, hand)
@@ -98,9 +99,12 @@ class HaloBase:
         return meshes[0] if np.ndim(keypoints) == 2 else meshes
 
     def mesh_stream(
-        self, resolution: int = 64, smooth: int = 0, config: StreamConfig | None = None
+        self, resolution: int = 64, smooth: int = DEFAULT_SMOOTH_ITERATIONS, config: StreamConfig | None = None
     ) -> MeshStream:
-        """A stream that meshes successive frames of the same hands, each seeded by the last (``models.streaming``)."""
+        """A stream that meshes successive frames of the same hands, each seeded by the last (``models.streaming``).
+
+        Live meshes are for viewing, so they are smoothed by default (``smooth=0`` for the original surface)."""
+        _check_smooth(smooth)
         config = config or StreamConfig(resolution=resolution, cull_radius=self.cull_radius)
         return MeshStream(self, StreamMesher(self.decoder, config), smooth)
 
@@ -165,6 +169,12 @@ class MeshStream:
     def reset(self) -> None:
         """Forget the previous frame (e.g. the tracker lost the hand): the next frame is meshed from scratch."""
         self.mesher.reset()
+
+
+def _check_smooth(smooth: int) -> None:
+    """Raise a ValueError naming ``smooth`` unless it is a whole number of iterations >= 0."""
+    if isinstance(smooth, bool) or not isinstance(smooth, int | np.integer) or smooth < 0:
+        raise ValueError(f"smooth: expected a whole number of Taubin iterations >= 0, got {smooth!r}")
 
 
 def finish_meshes(

@@ -16,13 +16,17 @@ MESH_FORMATS = (".ply", ".obj", ".glb", ".stl", ".off")
 
 def _mesh(args: argparse.Namespace) -> int:
     import models
+    from models.smoothing import DEFAULT_SMOOTH_ITERATIONS
 
     output = Path(args.output)
     if output.suffix not in MESH_FORMATS:
         raise ValueError(f"--output: unknown mesh format {output.suffix!r}; use one of {', '.join(MESH_FORMATS)}")
     keypoints = read_array(Path(args.keypoints), "keypoints")
     base = models.load_base(args.checkpoint, device=args.device)
-    meshes = base.mesh(keypoints, joint_order=args.joint_order, hand=args.hand, resolution=args.resolution)
+    meshes = base.mesh(
+        keypoints, joint_order=args.joint_order, hand=args.hand, resolution=args.resolution,
+        smooth=DEFAULT_SMOOTH_ITERATIONS if args.smooth is None else args.smooth,
+    )
     meshes = meshes if isinstance(meshes, list) else [meshes]
     output.parent.mkdir(parents=True, exist_ok=True)
     for index, mesh in enumerate(meshes):
@@ -97,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(mesh)
     mesh.add_argument("--resolution", type=int, default=128, choices=(64, 128, 256, 512))
     mesh.add_argument("-o", "--output", required=True, help="hand.ply / .obj / .glb (B hands: hand_000.ply, ...)")
+    mesh.add_argument(
+        "--smooth", type=int, default=None,
+        help="Taubin smoothing iterations, volume kept (default 10); 0 = the original HALO surface (parity mode)",
+    )
     mesh.set_defaults(func=_mesh)
 
     occupancy = commands.add_parser("occupancy", help="keypoints + query points -> occupancy probabilities")
