@@ -62,8 +62,8 @@ class StreamConfig:
     max_joint_motion_m: float = 0.03  # normalised keypoint motion between frames that counts as a jump
     max_closure_rounds: int = 6  # band growth rounds before the frame is meshed from scratch
     max_volume_change: float = 0.15  # relative volume change to the previous frame that counts as a lost piece
-    min_part_share: float = 0.5  # a part keeping fewer of its previous frame's vertices counts as lost
-    min_part_vertices: int = 12  # parts with fewer vertices than this in the previous frame are not checked
+    min_part_share: float = 0.25  # a part keeping fewer of its previous frame's vertices counts as lost
+    min_part_vertices: int = 16  # parts with fewer vertices than this in the previous frame are not checked
 
 
 @dataclass
@@ -77,7 +77,8 @@ class StreamStats:
     closure_rounds: list[int] = field(default_factory=list)  # evaluation rounds of each seeded frame
 
     def count_fallback(self, reason: str, hands: int) -> None:
-        self.fallbacks[reason] = self.fallbacks.get(reason, 0) + hands
+        if hands:
+            self.fallbacks[reason] = self.fallbacks.get(reason, 0) + hands
 
 
 @dataclass
@@ -188,7 +189,7 @@ class StreamMesher:
         if redo:
             index = torch.as_tensor(redo, device=device)
             redone = extract_model_meshes(
-                self.decoder, _select(canonical, index), self.config.resolution, self.config.cull_radius, stats
+                self.decoder, select_hands(canonical, index), self.config.resolution, self.config.cull_radius, stats
             )
             redone_parts = nearest_parts([torch.from_numpy(v).to(device) for v, _ in redone], joints_model[index])
             for hand, mesh, mesh_parts in zip(redo, redone, redone_parts, strict=True):
@@ -296,7 +297,7 @@ def _volume(vertices: np.ndarray, faces: np.ndarray) -> float:
     return float(np.einsum("ij,ij->", a, np.cross(b, c)) / 6.0)
 
 
-def _select(canonical: Canonical, index: torch.Tensor) -> Canonical:
+def select_hands(canonical: Canonical, index: torch.Tensor) -> Canonical:
     """The canonical inputs of the hands ``index`` (H,)."""
     return Canonical(
         canonical.normalization_matrix[index], canonical.part_matrices[index], canonical.bone_lengths[index],
