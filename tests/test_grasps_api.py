@@ -102,3 +102,31 @@ def test_eval_command_reports_both_rows_and_renders_a_preview(vae, tmp_path: Pat
     assert result["eval_command"] == "halo eval vae --objects 1 --samples 2 --resolution 64 --seed 0"
     assert json.loads(checkpoint.with_suffix(".json").read_text())["evaluation"] == result
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_refined_grasps_that_miss_or_penetrate_are_replaced_by_fresh_samples(vae, monkeypatch) -> None:
+    from models.data.real_objects import load_real_object
+    from models.grasps import api as grasp_api
+
+    cereal = load_real_object("cereal")
+    grasps = vae.sample(cereal, n=4, seed=0, resolution=64)
+    for grasp in grasps:  # the default: every refined grasp touches the object and penetrates at most 5 cm3
+        assert grasp.metrics["contact"] and grasp.metrics["penetration_volume_cm3"] <= grasp_api.MAX_PENETRATION_CM3
+    # A stricter bound than the samples meet: the ones over it are replaced where a fresh sample meets it.
+    volumes = sorted(grasp.metrics["penetration_volume_cm3"] for grasp in grasps)
+    monkeypatch.setattr(grasp_api, "MAX_PENETRATION_CM3", (volumes[1] + volumes[2]) / 2)
+    strict = vae.sample(cereal, n=4, seed=0, resolution=64)
+    replaced = 0
+    for kept, original in zip(strict, grasps, strict=True):
+        if original.metrics["redraws"]:
+            continue  # already a replacement under the default bound
+        if original.metrics["penetration_volume_cm3"] <= grasp_api.MAX_PENETRATION_CM3:
+            np.testing.assert_array_equal(kept.keypoints, original.keypoints)  # passing samples stay
+            assert kept.metrics["redraws"] == 0
+        else:
+            assert kept.metrics["redraws"] >= grasp_api.REPLACEMENT_DRAWS
+            replaced += 1
+    assert replaced >= 1
+    # Raw samples are returned as drawn.
+    raw = vae.sample(cereal, n=4, seed=0, resolution=64, refine=False)
+    assert all(grasp.metrics["redraws"] == 0 for grasp in raw)

@@ -99,12 +99,20 @@ def run_eval(args: argparse.Namespace) -> int:
         for row, index in enumerate(test.object_index):
             data_keypoints[int(index)] = test.keypoints[test.owner == row].numpy()
     real = read_keypoints(Path(args.real_keypoints)) if args.real_keypoints else None
-    result = evaluate_vae(vae, indices, args.samples, args.resolution, data_keypoints, args.seed, real, args.physics)
+    meshes = None
+    if args.object_set == "real":
+        from ..data.real_objects import load_real_objects
+
+        named = load_real_objects()
+        indices, data_keypoints, meshes = list(named), {}, list(named.values())
+    result = evaluate_vae(vae, indices, args.samples, args.resolution, data_keypoints, args.seed, real, args.physics,
+                          meshes)
     result["vae"] = {"name": vae.card.get("name"), "sha256": vae.card.get("sha256")}
     result["base"] = {"name": vae.base.card.get("name"), "sha256": vae.base.card.get("sha256")}
     result["object_indices"] = indices
     result["refinement"] = asdict(RefineConfig())
-    result["eval_command"] = (f"halo eval vae{' --data DATA' if args.data else ''} --objects {args.objects}"
+    result["eval_command"] = (f"halo eval vae --object-set {args.object_set}{' --data DATA' if args.data else ''}"
+                              f" --objects {args.objects}"
                               f" --samples {args.samples} --resolution {args.resolution} --seed {args.seed}"
                               f"{' --real-keypoints KEYPOINTS' if args.real_keypoints else ''}"
                               f"{'' if args.physics else ' --no-physics'}")
@@ -112,8 +120,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.write_card:
-        update_card(args.checkpoint or SHIPPED_VAE, evaluation=result)
-    if args.preview:
+        update_card(args.checkpoint or SHIPPED_VAE, **{"evaluation" if args.object_set == "procedural"
+                                                        else "evaluation_real_objects": result})
+    if args.preview and args.object_set == "procedural":
         write_preview(vae, indices[:PREVIEW_OBJECTS], args.preview, args.resolution, args.seed)
     return 0
 
@@ -160,6 +169,8 @@ def add_eval_vae_command(eval_commands: argparse._SubParsersAction) -> None:
     parser = eval_commands.add_parser("vae", help="grasp metrics on held-out test objects, with baselines")
     parser.add_argument("--data", default=None, help="grasp data folder (adds the synthesis-data baseline)")
     parser.add_argument("--objects", type=int, default=10, help="number of test objects")
+    parser.add_argument("--object-set", choices=("procedural", "real"), default="procedural",
+                        help="procedural test objects, or every mesh of the real-object set (models/assets/objects)")
     parser.add_argument("--samples", type=int, default=20, help="grasps per object")
     parser.add_argument("--real-keypoints", default=None,
                         help="(T,21,3) real right-hand keypoints (.npy/.json/.pkl): a plausibility sanity row")

@@ -233,6 +233,7 @@ def summarize(metrics: list[dict[str, float | bool]]) -> dict[str, float]:
         "grasps": len(metrics),
         "contact_ratio": float(np.mean([m["contact"] for m in metrics])),
         "mean_penetration_volume_cm3": float(np.mean([m["penetration_volume_cm3"] for m in metrics])),
+        "max_penetration_volume_cm3": float(np.max([m["penetration_volume_cm3"] for m in metrics])),
         "mean_max_penetration_depth_mm": float(np.mean([m["max_penetration_depth_mm"] for m in metrics])),
     }
 
