@@ -2,7 +2,7 @@
 
 ``stream_benchmark`` plays a keypoint sequence through one stream per resolution, as fast as it meshes,
 and reports absolute figures and ratios to a calibration workload measured in the same run (the
-caller passes it, e.g. ``service.bench_mesh.calibration_seconds``), like ``halo bench mesh``. The same
+caller passes it, e.g. ``tools.bench_mesh.calibration_seconds``), like ``halo bench mesh``. The same
 frames meshed from scratch one by one give the speed-up of streaming.
 
 ``synthetic_sequence`` is the project's own tracked-looking sequence: a hand closing into a fist and

@@ -10,9 +10,9 @@ import pytest
 import trimesh
 
 import models
+from cli.main import main
 from models.data.objects import make_object, split_indices
 from models.grasps.api import SHIPPED_VAE, GraspRequestError, is_valid_hand
-from service.cli import main
 
 
 @pytest.fixture(scope="module")

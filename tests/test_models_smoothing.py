@@ -93,7 +93,7 @@ def test_cli_mesh_smooths_by_default_and_keeps_parity_on_request(base_checkpoint
     for name, extra in (("default", []), ("parity", ["--smooth", "0"])):
         outputs[name] = tmp_path / f"{name}.ply"
         subprocess.run(
-            [sys.executable, "-m", "service.cli", "mesh", "--keypoints", str(keypoints), "--checkpoint",
+            [sys.executable, "-m", "cli", "mesh", "--keypoints", str(keypoints), "--checkpoint",
              str(base_checkpoint), "--resolution", "64", "-o", str(outputs[name]), *extra],
             capture_output=True, text=True, check=True,
         )

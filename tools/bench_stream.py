@@ -1,6 +1,6 @@
 """Stream benchmark: one live stream of a keypoint sequence at 64 and 128, calibrated like ``halo bench mesh``.
 
-Usage: python scripts/bench_stream.py [--sequence kps_seq.pkl|frames.npy] [--resolutions 64,128] [--smooth 0]
+Usage: python -m tools.bench_stream [--sequence kps_seq.pkl|frames.npy] [--resolutions 64,128] [--smooth 0]
 Defaults: HALO's tracked demo sequence beside the repository if present (else the project's synthetic one),
 and the published checkpoint there if present (the model the original's timings were measured on).
 """
@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+import torch
+
+import models
+from models.grasps.model import load_vae_weights
+from models.stream_bench import load_sequence, stream_benchmark, synthetic_sequence
+from tools.bench_mesh import REFERENCE, calibration_seconds
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run from a checkout: use its packages
-
-import torch  # noqa: E402
-
-import models  # noqa: E402
-from models.grasps.model import load_vae_weights  # noqa: E402
-from models.stream_bench import load_sequence, stream_benchmark, synthetic_sequence  # noqa: E402
-from service.bench_mesh import REFERENCE, calibration_seconds  # noqa: E402
 
 
 def main() -> int:

@@ -9,7 +9,7 @@ also reports the plausibility share (``models.plausibility``: PIP/DIP hinges wit
 thumb bends), and real hand keypoints, if given, add a plausibility-only sanity row.
 
 With ``physics`` (the default of ``halo eval vae``) every grasp also goes through the MuJoCo check
-(``physics.py``): each row reports the stable share (held within 2 cm in all 6 gravity directions) and
+(``grasps.physics``): each row reports the stable share (held within 2 cm in all 6 gravity directions) and
 the median and mean displacement (mean over the directions, cm), and one more row, "vae + refinement,
 ranked by stability", draws twice the samples and keeps the most stable half (what ``rank="stability"``
 serves). The first row, "served", is exactly what ``vae.sample`` returns by default: refined samples
@@ -20,16 +20,33 @@ The objects are procedural test objects by number, or any meshes (``objects``, e
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import trimesh
 
-from ..data.objects import make_object
+from ..api import load_base
+from ..data.objects import make_object, split_indices
+from ..data.real_objects import load_real_objects
+from ..grasps.api import SHIPPED_VAE, HaloVAE, load_vae
+from ..grasps.hand_object import RefineConfig
+from ..grasps.metrics import (
+    canonical_keypoints,
+    cluster_diversity,
+    grasp_metrics_many,
+    mean_pairwise_distance,
+    summarize,
+)
+from ..grasps.object_input import prepare_object
+from ..grasps.physics import RANK_CANDIDATES, PhysicsResult
+from ..grasps.preview import render_grasps
 from ..plausibility import plausible_share
-from .api import HaloVAE
-from .metrics import canonical_keypoints, cluster_diversity, grasp_metrics_many, mean_pairwise_distance, summarize
-from .object_input import prepare_object
-from .physics import RANK_CANDIDATES, PhysicsResult
+from ..weights import update_card
+from .vae import load_grasp_data
+
+PREVIEW_OBJECTS, PREVIEW_GRASPS = 3, 4  # the preview: test objects, refined grasps each
+
 
 
 def physics_summary(results: list[PhysicsResult]) -> dict[str, float]:
@@ -151,3 +168,65 @@ def format_table(result: dict) -> str:
         real = result["real_hands"]
         lines.append(f"\nreal hand keypoints: {real['plausible_share']:.3f} plausible ({real['hands']} hands)")
     return "\n".join(lines)
+
+@dataclass(frozen=True)
+class EvalVAEConfig:
+    """One ``halo eval vae`` run."""
+
+    checkpoint: Path | None = None  # VAE (None: the shipped one)
+    base_checkpoint: Path | None = None  # base model (None: the shipped one)
+    device: str = "auto"
+    resolution: int = 128
+    seed: int = 0
+    data: Path | None = None  # grasp data folder (adds the synthesis-data baseline)
+    objects: int = 10  # number of test objects
+    samples: int = 20  # grasps per object
+    real_keypoints: np.ndarray | None = None  # (T,21,3) real right-hand keypoints: a plausibility sanity row
+    physics: bool = True  # MuJoCo check of every grasp: stable share, displacement, a ranked row
+    write_card: bool = False  # store the results in the VAE's model card
+    preview: Path | None = None  # also render PREVIEW_GRASPS grasps on each of the first PREVIEW_OBJECTS objects
+    object_set: str = "procedural"  # or "real": every mesh of the real-object set (models.data.real_objects)
+
+
+def run(config: EvalVAEConfig) -> dict:
+    """Evaluate as ``config`` says; -> the results (rows per method, models, objects, the command)."""
+    vae = load_vae(config.checkpoint, base=load_base(config.base_checkpoint, device=config.device),
+                   device=config.device)
+    data_keypoints: dict[int, np.ndarray] = {}
+    indices = split_indices("test", config.objects)
+    if config.data:
+        test = load_grasp_data(config.data).subset("test")
+        indices = [int(i) for i in test.object_index[: config.objects]]
+        for row, index in enumerate(test.object_index):
+            data_keypoints[int(index)] = test.keypoints[test.owner == row].numpy()
+    meshes = None
+    if config.object_set == "real":
+        named = load_real_objects()
+        indices, data_keypoints, meshes = list(named), {}, list(named.values())
+    result = evaluate_vae(vae, indices, config.samples, config.resolution, data_keypoints, config.seed,
+                          config.real_keypoints, config.physics, meshes)
+    result["vae"] = {"name": vae.card.get("name"), "sha256": vae.card.get("sha256")}
+    result["base"] = {"name": vae.base.card.get("name"), "sha256": vae.base.card.get("sha256")}
+    result["object_indices"] = indices
+    result["refinement"] = asdict(RefineConfig())
+    result["eval_command"] = (f"halo eval vae --object-set {config.object_set}{' --data DATA' if config.data else ''}"
+                              f" --objects {config.objects}"
+                              f" --samples {config.samples} --resolution {config.resolution} --seed {config.seed}"
+                              f"{' --real-keypoints KEYPOINTS' if config.real_keypoints is not None else ''}"
+                              f"{'' if config.physics else ' --no-physics'}")
+    if config.write_card:
+        entry = "evaluation" if config.object_set == "procedural" else "evaluation_real_objects"
+        update_card(config.checkpoint or SHIPPED_VAE, **{entry: result})
+    if config.preview and config.object_set == "procedural":
+        write_preview(vae, indices[:PREVIEW_OBJECTS], config.preview, config.resolution, config.seed)
+    return result
+
+
+def write_preview(vae: HaloVAE, object_indices: list[int], path: Path, resolution: int, seed: int) -> None:
+    """PNG of ``PREVIEW_GRASPS`` refined grasps on each of the given test objects."""
+    rows = []
+    for index in object_indices:
+        obj, kind = make_object(index)
+        grasps = vae.sample(obj, n=PREVIEW_GRASPS, seed=seed, refine=True, resolution=resolution)
+        rows.append((f"test object {index} ({kind})", obj, [grasp.mesh for grasp in grasps]))
+    render_grasps(rows, path, columns=PREVIEW_GRASPS)
