@@ -13,6 +13,7 @@ import models
 from cli.files import read_array
 from cli.options import add_hand_model, add_resolution
 from models.occupancy import load_decoder, save_decoder
+from models.smoothing import DEFAULT_SMOOTH_ITERATIONS
 
 MESH_FORMATS = (".ply", ".obj", ".glb", ".stl", ".off")
 
@@ -23,7 +24,9 @@ def run_mesh(args: argparse.Namespace) -> int:
         raise ValueError(f"--output: unknown mesh format {output.suffix!r}; use one of {', '.join(MESH_FORMATS)}")
     keypoints = read_array(Path(args.keypoints), "keypoints")
     base = models.load_base(args.checkpoint, device=args.device)
-    meshes = base.mesh(keypoints, joint_order=args.joint_order, hand=args.hand, resolution=args.resolution)
+    meshes = base.mesh(
+        keypoints, joint_order=args.joint_order, hand=args.hand, resolution=args.resolution, smooth=args.smooth
+    )
     meshes = meshes if isinstance(meshes, list) else [meshes]
     output.parent.mkdir(parents=True, exist_ok=True)
     for index, mesh in enumerate(meshes):
@@ -76,6 +79,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_hand_model(mesh)
     add_resolution(mesh)
     mesh.add_argument("-o", "--output", required=True, help="hand.ply / .obj / .glb (B hands: hand_000.ply, ...)")
+    mesh.add_argument(
+        "--smooth", type=int, default=DEFAULT_SMOOTH_ITERATIONS,
+        help=f"Taubin smoothing iterations, volume kept (default {DEFAULT_SMOOTH_ITERATIONS}); 0 = the original "
+        "HALO surface (parity mode)",
+    )
     mesh.set_defaults(func=run_mesh)
 
     occupancy = commands.add_parser("occupancy", help="keypoints + query points -> occupancy probabilities")

@@ -92,14 +92,17 @@ def test_eval_command_reports_both_rows_and_renders_a_preview(vae, tmp_path: Pat
     arguments = ["eval", "vae", "--objects", "1", "--samples", "2", "--resolution", "64", "--checkpoint", str(checkpoint)]
     assert main([*arguments, "--json", str(report), "--preview", str(preview), "--write-card"]) == 0
     result = json.loads(report.read_text())
-    assert [row["method"] for row in result["rows"]] == ["vae + refinement", "vae, raw samples",
+    assert [row["method"] for row in result["rows"]] == ["vae + refinement, served (outliers replaced)",
+                                                         "vae + refinement", "vae, raw samples",
                                                          "vae + refinement, ranked by stability"]
     assert all(row["grasps"] == 2 for row in result["rows"]) and result["refinement"]["steps"] > 0
     for row in result["rows"]:
         assert 0 <= row["stable_share"] <= 1 and row["median_displacement_cm"] >= 0
-    ranked, refined = result["rows"][2], result["rows"][0]
+    served, ranked, refined = result["rows"][0], result["rows"][3], result["rows"][1]
+    assert served["max_penetration_volume_cm3"] <= 5.0 and served["contact_ratio"] == 1.0 and served["redraws"] >= 0
     assert ranked["median_worst_displacement_cm"] <= refined["median_worst_displacement_cm"] + 1e-9
-    assert result["eval_command"] == "halo eval vae --objects 1 --samples 2 --resolution 64 --seed 0"
+    assert result["eval_command"] == ("halo eval vae --object-set procedural --objects 1 --samples 2 --resolution 64"
+                                      " --seed 0")
     assert json.loads(checkpoint.with_suffix(".json").read_text())["evaluation"] == result
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -30,6 +30,7 @@ CONVEX_VOLUME_SHARE = 0.95
 SOLID_SHARE = 0.9
 DECOMPOSITION_GRID = 32  # voxels along the longest side of a body cut into pieces
 MAX_PIECES = 16
+MAX_HULL_VERTICES = 64
 MIN_PIECE_VOXELS = 4
 MIN_PIECE_VOLUME_M3 = 1e-9  # pieces under 1 mm3 are dropped (MuJoCo refuses flat hulls)
 MIN_OBJECT_VOLUME_M3 = 1e-7  # an object whose hull holds under 0.1 cm3 is flat: nothing to drop
@@ -56,6 +57,19 @@ def check_object(obj: trimesh.Trimesh) -> None:
 def _is_nearly_convex(body: trimesh.Trimesh) -> bool:
     """Whether a closed body has nearly the volume of its convex hull."""
     return abs(signed_volume(body)) >= CONVEX_VOLUME_SHARE * hull_volume(np.asarray(body.vertices))
+
+
+def _few_vertices(hull_points: np.ndarray, count: int = MAX_HULL_VERTICES) -> np.ndarray:
+    """(V,3) vertices of a convex hull -> at most ``count`` of them, spread by farthest-point sampling (their hull
+    lies inside the original; MuJoCo's collision cost grows with a piece's vertices, a lathe-turned can has 4,000)."""
+    if len(hull_points) <= count:
+        return hull_points
+    chosen = [int(np.argmax(np.linalg.norm(hull_points - hull_points.mean(0), axis=1)))]
+    distance = np.linalg.norm(hull_points - hull_points[chosen[0]], axis=1)
+    for _ in range(count - 1):
+        chosen.append(int(np.argmax(distance)))
+        distance = np.minimum(distance, np.linalg.norm(hull_points - hull_points[chosen[-1]], axis=1))
+    return hull_points[chosen]
 
 
 def _solid_share(index: np.ndarray) -> float:
@@ -134,8 +148,8 @@ def _decompose(obj: trimesh.Trimesh, method: str) -> tuple[np.ndarray, ...]:
         pieces = voxel_pieces(prepared)  # all bodies at once: overlapping parts (a handle set into a wall) merge
     else:
         pieces = [piece for body in bodies for piece in coacd_pieces(body)]
-    kept = tuple(piece for piece in pieces if hull_volume(piece) > MIN_PIECE_VOLUME_M3)
-    return kept or (np.asarray(prepared.convex_hull.vertices, dtype=np.float64),)
+    kept = tuple(_few_vertices(piece) for piece in pieces if hull_volume(piece) > MIN_PIECE_VOLUME_M3)
+    return kept or (_few_vertices(np.asarray(prepared.convex_hull.vertices, dtype=np.float64)),)
 
 
 _piece_cache: OrderedDict[tuple[str, str], tuple[np.ndarray, ...]] = OrderedDict()
