@@ -1,4 +1,4 @@
-"""``halo bench mesh | grasps | serve | decomposition``: speed measurements (not tests), run by the client-side ``tools``."""
+"""``halo bench mesh | grasps | serve | decomposition | stream``: speed measurements (not tests), run by the client-side ``tools``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from cli.options import add_resolution
 from models.assets import SAMPLE_KEYPOINTS
 from tools.bench_grasps import GraspBench, run_grasp_benchmark
 from tools.bench_mesh import MeshBench, run_mesh_benchmark
+from tools.bench_stream import StreamBench, run_stream_benchmark
 from tools.decomposition_fidelity import run_decomposition_fidelity
 from tools.load import format_result, result_json, run_bench
 from tools.load_mix import format_mix_result, parse_mix, run_mix_bench
@@ -54,6 +55,26 @@ def _add_decomposition(bench_commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     parser.set_defaults(func=run_decomposition_bench)
+
+
+def run_stream_bench(args: argparse.Namespace) -> int:
+    return run_stream_benchmark(StreamBench(
+        sequence=args.sequence, checkpoint=args.checkpoint, resolutions=_int_list(args.resolutions),
+        smooth=args.smooth, repeats=args.repeats, threads=args.threads,
+        json_path=None if args.json is None else Path(args.json),
+    ))
+
+
+def _add_stream(bench_commands: argparse._SubParsersAction) -> None:
+    parser = bench_commands.add_parser("stream", help="one live stream of a keypoint sequence, calibrated")
+    parser.add_argument("--sequence", default=None, help="kps_seq.pkl or a (T,21,3) .npy, metres, mano order")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--resolutions", default="64,128")
+    parser.add_argument("--smooth", type=int, default=0, help="Taubin iterations on every frame (0 = parity surface)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for the stream and the calibration")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.set_defaults(func=run_stream_bench)
 
 
 def _add_mesh(bench_commands: argparse._SubParsersAction) -> None:
@@ -158,10 +179,11 @@ def _bench_mix(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Register ``bench`` and its ``mesh``, ``grasps``, ``serve`` and ``decomposition`` subcommands."""
+    """Register ``bench`` and its ``mesh``, ``grasps``, ``serve``, ``decomposition`` and ``stream`` subcommands."""
     bench = commands.add_parser("bench", help="benchmarks (speed, not tests)")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     _add_mesh(bench_commands)
     _add_grasps(bench_commands)
     _add_serve(bench_commands)
     _add_decomposition(bench_commands)
+    _add_stream(bench_commands)
