@@ -85,7 +85,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """``halo eval vae``: metrics table on test objects (refined, raw, synthesis data)."""
     from ..data.objects import split_indices
     from ..train.vae import load_grasp_data
-    from ..weights import update_card
+    from ..weights import card_path, update_card
     from .api import SHIPPED_VAE
     from .evaluate import evaluate_vae, format_table
     from .hand_object import RefineConfig
@@ -98,6 +98,8 @@ def run_eval(args: argparse.Namespace) -> int:
         indices = [int(i) for i in test.object_index[: args.objects]]
         for row, index in enumerate(test.object_index):
             data_keypoints[int(index)] = test.keypoints[test.owner == row].numpy()
+    if args.protocol == "field":
+        return _report_field(args, vae, indices, data_keypoints)
     real = read_keypoints(Path(args.real_keypoints)) if args.real_keypoints else None
     result = evaluate_vae(vae, indices, args.samples, args.resolution, data_keypoints, args.seed, real, args.physics)
     result["vae"] = {"name": vae.card.get("name"), "sha256": vae.card.get("sha256")}
@@ -112,9 +114,33 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.write_card:
-        update_card(args.checkpoint or SHIPPED_VAE, evaluation=result)
+        checkpoint = args.checkpoint or SHIPPED_VAE
+        field = json.loads(card_path(checkpoint).read_text()).get("evaluation", {}).get("field_protocol")
+        update_card(checkpoint, evaluation={**result, **({"field_protocol": field} if field else {})})
     if args.preview:
         write_preview(vae, indices[:PREVIEW_OBJECTS], args.preview, args.resolution, args.seed)
+    return 0
+
+
+def _report_field(args: argparse.Namespace, vae: HaloVAE, indices: list[int],
+                  data_keypoints: dict[int, np.ndarray]) -> int:
+    """``halo eval vae --protocol field``: the field's table, stored under ``evaluation.field_protocol`` in the card."""
+    from ..weights import card_path, update_card
+    from .api import SHIPPED_VAE
+    from .evaluate import evaluate_vae_field, format_field_table
+
+    result = evaluate_vae_field(vae, indices, args.samples, args.resolution, data_keypoints, args.seed)
+    result["vae"] = {"name": vae.card.get("name"), "sha256": vae.card.get("sha256")}
+    result["object_indices"] = indices
+    result["eval_command"] = (f"halo eval vae --protocol field{' --data DATA' if args.data else ''} --objects "
+                              f"{args.objects} --samples {args.samples} --resolution {args.resolution} --seed {args.seed}")
+    print(format_field_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.write_card:
+        checkpoint = args.checkpoint or SHIPPED_VAE
+        evaluation = json.loads(card_path(checkpoint).read_text()).get("evaluation", {})
+        update_card(checkpoint, evaluation={**evaluation, "field_protocol": result})
     return 0
 
 
@@ -159,6 +185,9 @@ def add_eval_vae_command(eval_commands: argparse._SubParsersAction) -> None:
     """Register ``vae`` on the ``halo eval`` sub-command parser."""
     parser = eval_commands.add_parser("vae", help="grasp metrics on held-out test objects, with baselines")
     parser.add_argument("--data", default=None, help="grasp data folder (adds the synthesis-data baseline)")
+    parser.add_argument("--protocol", default="default", choices=("default", "field"),
+                        help="field: GraspTTA / HALO / GrabNet metrics (simulation displacement, 1 mm penetration, "
+                        "HALO's diversity), stored under evaluation.field_protocol")
     parser.add_argument("--objects", type=int, default=10, help="number of test objects")
     parser.add_argument("--samples", type=int, default=20, help="grasps per object")
     parser.add_argument("--real-keypoints", default=None,

@@ -13,6 +13,10 @@ With ``physics`` (the default of ``halo eval vae``) every grasp also goes throug
 the median and mean displacement (mean over the directions, cm), and one more row, "vae + refinement,
 ranked by stability", draws twice the samples and keeps the most stable half (what ``rank="stability"``
 serves).
+
+``evaluate_vae_field`` scores the same grasps on the field's protocol instead (``field_protocol.py``:
+the simulation displacement of GraspTTA / HALO / GrabNet, penetration on 1 mm voxels, max depth in
+cm, contact ratio and HALO's 63-d k-means diversity), with our 6-direction stable share beside it.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import trimesh
 
 from ..data.objects import make_object
 from ..plausibility import plausible_share
+from . import field_protocol
 from .api import HaloVAE
 from .metrics import canonical_keypoints, cluster_diversity, grasp_metrics_many, mean_pairwise_distance, summarize
-from .physics import RANK_CANDIDATES, PhysicsResult
+from .physics import RANK_CANDIDATES, PhysicsResult, check_grasps
 
 
 def physics_summary(results: list[PhysicsResult]) -> dict[str, float]:
@@ -122,4 +127,57 @@ def format_table(result: dict) -> str:
     if "real_hands" in result:
         real = result["real_hands"]
         lines.append(f"\nreal hand keypoints: {real['plausible_share']:.3f} plausible ({real['hands']} hands)")
+    return "\n".join(lines)
+
+
+FIELD_COLUMNS = (
+    ("simulation_displacement_mean_cm", "sim. displ. cm (mean)", "{:.2f}"),
+    ("simulation_displacement_std_cm", "(std)", "{:.2f}"),
+    ("max_penetration_depth_cm", "max depth cm", "{:.2f}"),
+    ("penetration_volume_cm3", "pen. volume cm3 (1 mm)", "{:.2f}"),
+    ("contact_ratio", "contact ratio", "{:.2f}"),
+    ("entropy", "entropy", "{:.2f}"),
+    ("cluster_size_cm", "cluster size cm", "{:.2f}"),
+    ("stable_share", "ours: stable (6 dir.)", "{:.3f}"),
+    ("grasps", "grasps", "{}"),
+)
+
+
+def evaluate_vae_field(vae: HaloVAE, object_indices: list[int], samples: int = 20, resolution: int = 128,
+                       data_keypoints: dict[int, np.ndarray] | None = None, seed: int = 0) -> dict:
+    """Test object numbers -> {"rows": [refined, raw, (synthesis data)], "seconds": ...} on the field's protocol,
+    each row with our 6-direction stable share beside it."""
+    objects = [make_object(index)[0] for index in object_indices]
+    draws = {
+        "vae + refinement": [vae.sample_keypoints(obj, samples, seed + i, True) for i, obj in enumerate(objects)],
+        "vae, raw samples": [vae.sample_keypoints(obj, samples, seed + i, False) for i, obj in enumerate(objects)],
+    }
+    if data_keypoints:
+        have = [i for i, index in enumerate(object_indices) if len(data_keypoints.get(index, [])) >= 2]
+        draws["synthesis data"] = [data_keypoints[object_indices[i]][:samples].astype(np.float64) if i in have
+                                   else np.zeros((0, 21, 3)) for i in range(len(objects))]
+    rows, seconds = [], {}
+    radii = vae.proxy.radii.numpy()
+    for name, keypoints in draws.items():
+        started = time.perf_counter()
+        grasps, stable = [], []
+        for obj, hands in zip(objects, keypoints, strict=True):
+            if len(hands) == 0:
+                continue
+            grasps += field_protocol.field_grasps(vae.base.mesh(hands, resolution=resolution), hands, obj)
+            stable += [result.stable for result in check_grasps(hands, radii, obj)]
+        seconds[name] = time.perf_counter() - started
+        pooled = np.concatenate([hands for hands in keypoints if len(hands)])
+        rows.append({"method": name, **field_protocol.summarize_field(grasps, pooled),
+                     "stable_share": float(np.mean(stable))})
+    return {"protocol": "field", "objects": len(objects), "samples_per_object": samples, "resolution": resolution,
+            "gravity_direction": field_protocol.GRAVITY_DIRECTION.tolist(), "rows": rows, "seconds": seconds}
+
+
+def format_field_table(result: dict) -> str:
+    """Field-protocol evaluation result -> a Markdown table."""
+    lines = ["| method | " + " | ".join(title for _, title, _ in FIELD_COLUMNS) + " |",
+             "|---|" + "---|" * len(FIELD_COLUMNS)]
+    for row in result["rows"]:
+        lines.append(f"| {row['method']} | " + " | ".join(fmt.format(row[key]) for key, _, fmt in FIELD_COLUMNS) + " |")
     return "\n".join(lines)
