@@ -129,11 +129,12 @@ def _report_field(args: argparse.Namespace, vae: HaloVAE, indices: list[int],
     from .api import SHIPPED_VAE
     from .evaluate import evaluate_vae_field, format_field_table
 
-    result = evaluate_vae_field(vae, indices, args.samples, args.resolution, data_keypoints, args.seed)
+    result = evaluate_vae_field(vae, indices, args.samples, args.resolution, data_keypoints, args.seed, args.raw)
     result["vae"] = {"name": vae.card.get("name"), "sha256": vae.card.get("sha256")}
     result["object_indices"] = indices
     result["eval_command"] = (f"halo eval vae --protocol field{' --data DATA' if args.data else ''} --objects "
-                              f"{args.objects} --samples {args.samples} --resolution {args.resolution} --seed {args.seed}")
+                              f"{args.objects} --samples {args.samples} --resolution {args.resolution} --seed {args.seed}"
+                              f"{'' if args.raw else ' --no-raw'}")
     print(format_field_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -194,6 +195,8 @@ def add_eval_vae_command(eval_commands: argparse._SubParsersAction) -> None:
                         help="(T,21,3) real right-hand keypoints (.npy/.json/.pkl): a plausibility sanity row")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--write-card", action="store_true", help="store the results in the VAE's model card")
+    parser.add_argument("--raw", action=argparse.BooleanOptionalAction, default=True,
+                        help="--protocol field: also score the raw (unrefined) samples")
     parser.add_argument("--physics", action=argparse.BooleanOptionalAction, default=True,
                         help="MuJoCo physics check of every grasp: stable share, displacement, a ranked row")
     parser.add_argument("--preview", default=None, help=f"also render {PREVIEW_GRASPS} grasps on each of the first "

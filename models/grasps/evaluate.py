@@ -144,14 +144,13 @@ FIELD_COLUMNS = (
 
 
 def evaluate_vae_field(vae: HaloVAE, object_indices: list[int], samples: int = 20, resolution: int = 128,
-                       data_keypoints: dict[int, np.ndarray] | None = None, seed: int = 0) -> dict:
-    """Test object numbers -> {"rows": [refined, raw, (synthesis data)], "seconds": ...} on the field's protocol,
+                       data_keypoints: dict[int, np.ndarray] | None = None, seed: int = 0, raw: bool = True) -> dict:
+    """Test object numbers -> {"rows": [refined, (raw,) (synthesis data)], "seconds": ...} on the field's protocol,
     each row with our 6-direction stable share beside it."""
     objects = [make_object(index)[0] for index in object_indices]
-    draws = {
-        "vae + refinement": [vae.sample_keypoints(obj, samples, seed + i, True) for i, obj in enumerate(objects)],
-        "vae, raw samples": [vae.sample_keypoints(obj, samples, seed + i, False) for i, obj in enumerate(objects)],
-    }
+    draws = {"vae + refinement": [vae.sample_keypoints(obj, samples, seed + i, True) for i, obj in enumerate(objects)]}
+    if raw:
+        draws["vae, raw samples"] = [vae.sample_keypoints(obj, samples, seed + i, False) for i, obj in enumerate(objects)]
     if data_keypoints:
         have = [i for i, index in enumerate(object_indices) if len(data_keypoints.get(index, [])) >= 2]
         draws["synthesis data"] = [data_keypoints[object_indices[i]][:samples].astype(np.float64) if i in have
