@@ -20,10 +20,16 @@ def inside_mesh(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     return winding >= 0.5
 
 
+def signed_volume(mesh: trimesh.Trimesh) -> float:
+    """Volume enclosed by a closed mesh, m3 if metres: negative when it faces inwards (no warning for flat ones)."""
+    corners = np.asarray(mesh.vertices, dtype=np.float64)[np.asarray(mesh.faces)]
+    return float(np.einsum("fi,fi->f", corners[:, 0], np.cross(corners[:, 1], corners[:, 2])).sum() / 6)
+
+
 def closed_bodies(mesh: trimesh.Trimesh) -> list[trimesh.Trimesh] | None:
     """The mesh's connected bodies if each is closed, consistently wound and faces outwards, else None."""
     bodies = mesh.split(only_watertight=False, repair=False)
-    if all(body.is_watertight and body.is_winding_consistent and body.volume > 0 for body in bodies):
+    if all(body.is_watertight and body.is_winding_consistent and signed_volume(body) > 0 for body in bodies):
         return list(bodies)
     return None
 

@@ -22,7 +22,7 @@ import torch
 
 import models
 from models.data.objects import make_object, split_indices
-from models.grasps.physics import convex_pieces
+from models.grasps.collision import convex_pieces
 from service.bench_mesh import calibration_seconds
 
 

@@ -171,7 +171,8 @@ class Engine:
 
     def _warm_up_grasps(self) -> None:
         cube = trimesh.creation.box(extents=(0.06, 0.06, 0.06))
-        self.vae.sample(cube, n=2, seed=0, refine=True, resolution=min(self.settings.resolutions))
+        # With the physics check: its worker processes start now, not on the first request.
+        self.vae.sample(cube, n=2, seed=0, refine=True, resolution=min(self.settings.resolutions), physics=True)
 
     def describe(self) -> dict:
         """What is loaded: per model its card and device, or why it is unavailable."""
@@ -287,7 +288,8 @@ class Engine:
         check_object_size(obj, self.settings.max_object_faces)
         resolution = self.resolution(options.resolution)
         try:
-            obj = grasps.validate_object(obj)
+            # Repairing and closing a large or broken mesh takes up to a second: not on the event loop.
+            obj = await asyncio.to_thread(grasps.prepare_object, obj)
             if options.physics or options.rank == "stability":
                 grasps.check_physics_object(obj)
         except ValueError as error:

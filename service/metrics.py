@@ -35,6 +35,7 @@ DISPLACEMENT_BUCKETS_CM = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 150
 STAGES = ("canonicalize", "occupancy", "marching_cubes", "encode")
 DROP_REASONS = ("cancelled", "deadline")
 REJECT_REASONS = ("queue_full", "shutting_down")
+PHYSICS_FAILURES = ("crashed", "timed_out", "error")
 # Execution lanes (service/batching.py): meshes and occupancy queries share one, grasp sampling has its own.
 LANES = ("mesh", "grasps")
 
@@ -172,8 +173,21 @@ class Metrics:
             buckets=DISPLACEMENT_BUCKETS_CM,
             registry=reg,
         )
+        self.physics_failures = Counter(
+            "halo_physics_failures",
+            "Grasps whose physics check could not run, by reason (the simulator crashed, timed out or raised).",
+            ["reason"],
+            registry=reg,
+        )
+        self.grasp_redraws = Counter(
+            "halo_grasp_redraws",
+            "Fresh samples drawn to replace refined grasps that missed the object or penetrated it too deeply.",
+            registry=reg,
+        )
         for stage in STAGES:
             self.stage_duration.labels(stage)
+        for reason in PHYSICS_FAILURES:
+            self.physics_failures.labels(reason)
         for stable in ("true", "false"):
             self.physics_grasps.labels(stable)
         for reason in DROP_REASONS:
@@ -206,8 +220,12 @@ class Metrics:
         self.lane_rejected.labels(lane, reason).inc()
 
     def observe_physics(self, grasp_metrics: list[dict]) -> None:
-        """Count the served grasps that carry physics-check results (``stable``, ``sim_displacement_cm``)."""
+        """Count the served grasps that carry physics-check results (``stable``, ``sim_displacement_cm``), the
+        checks that failed (``sim_failure``: "reason: detail") and the fresh samples drawn (``redraws``)."""
+        self.grasp_redraws.inc(sum(int(metrics.get("redraws", 0)) for metrics in grasp_metrics))
         for metrics in grasp_metrics:
+            if "sim_failure" in metrics:
+                self.physics_failures.labels(str(metrics["sim_failure"]).split(":")[0].replace(" ", "_")).inc()
             if "stable" in metrics:
                 self.physics_grasps.labels(str(bool(metrics["stable"])).lower()).inc()
                 self.physics_displacement.observe(metrics["sim_displacement_cm"])

@@ -1,9 +1,9 @@
 """HALO-VAE grasps: object encoding, keypoint VAE, occupancy-based refinement, grasp metrics, physics check."""
 
 from .api import Grasp, GraspRequestError, HaloVAE, load_vae
-from .object_input import ObjectError, validate_object
-from .physics import PhysicsError
-from .physics import check_object as check_physics_object
+from .collision import PhysicsError
+from .collision import check_object as check_physics_object
+from .object_input import ObjectError, prepare_object, validate_object
 
 __all__ = ["Grasp", "GraspRequestError", "HaloVAE", "ObjectError", "PhysicsError", "check_physics_object", "load_vae",
-           "validate_object"]
+           "prepare_object", "validate_object"]

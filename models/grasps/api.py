@@ -24,7 +24,7 @@ from .object_input import (
     bps_basis,
     object_grids,
     object_points,
-    validate_object,
+    prepare_object,
 )
 from .physics import RANK_CANDIDATES, PhysicsResult, check_grasps, most_stable
 
@@ -36,6 +36,17 @@ PROXY_FIT_RESOLUTION = 128
 SDF_GRID = 20  # samples per side of the object's distance grid that refinement reads
 SDF_MARGIN_M = 0.03
 RANKS = (None, "none", "stability")
+# A refined grasp is returned only if it touches the object and penetrates it by at most this much;
+# a sample that does not is replaced by a fresh one, REPLACEMENT_DRAWS candidates per failure a round.
+MAX_PENETRATION_CM3 = 5.0
+REPLACEMENT_ROUNDS = 3
+REPLACEMENT_DRAWS = 2
+REPLACEMENT_SEED_STEP = 104_729
+
+
+def is_acceptable(metrics: dict) -> bool:
+    """Whether a refined grasp's metrics pass: in contact, penetration at most MAX_PENETRATION_CM3."""
+    return bool(metrics["contact"]) and metrics["penetration_volume_cm3"] <= MAX_PENETRATION_CM3
 
 
 def is_valid_hand(keypoints: np.ndarray) -> bool:
@@ -137,35 +148,58 @@ class HaloVAE:
                max_candidates: int = MAX_SAMPLES) -> list[Grasp]:
         """Object mesh (metres) -> n grasps, each with keypoints (21,3), hand mesh and metrics; raises ObjectError.
 
-        ``physics``: add the MuJoCo check's fields (``physics.PhysicsResult.metrics``). ``rank="stability"``
-        implies it: draws ``RANK_CANDIDATES * n`` samples (at most ``max_candidates``), returns the n that
-        moved least under gravity (worst direction first, then the mean), and meshes only those.
+        The object is repaired and closed first (``object_repair``). ``physics``: add the MuJoCo check's
+        fields (``physics.PhysicsResult.metrics``). ``rank="stability"`` implies it: draws
+        ``RANK_CANDIDATES * n`` samples (at most ``max_candidates``), returns the n that moved least under
+        gravity (worst direction first, then the mean), and meshes only those. Refined grasps that miss the
+        object or penetrate it by more than MAX_PENETRATION_CM3 are replaced by fresh samples (their
+        ``redraws`` metric counts the fresh samples drawn for that slot).
         """
-        obj = validate_object(object_mesh)
+        obj = prepare_object(object_mesh)
         if not isinstance(n, int | np.integer) or not 1 <= n <= MAX_SAMPLES:
             raise GraspRequestError(f"n: expected an integer from 1 to {MAX_SAMPLES}, got {n!r}")
         if rank not in RANKS:
             raise GraspRequestError(f"rank: expected one of none, stability, got {rank!r}")
         ranked = rank == "stability"
         draw = max(int(n), min(RANK_CANDIDATES * int(n), max_candidates, MAX_SAMPLES)) if ranked else int(n)
+        timing = dict.fromkeys(("sample_s", "physics_s", "mesh_s", "metrics_s"), 0.0)
+        keypoints, meshes, metrics = self._grasps(obj, draw, int(n), seed, refine, resolution, physics or ranked,
+                                                  ranked, timing)
+        redraws = np.zeros(len(keypoints), dtype=int)
+        for attempt in range(1, REPLACEMENT_ROUNDS + 1 if refine else 1):
+            failing = [i for i, values in enumerate(metrics) if not is_acceptable(values)]
+            if not failing:
+                break
+            fresh = self._grasps(obj, REPLACEMENT_DRAWS * len(failing), REPLACEMENT_DRAWS * len(failing),
+                                 seed + attempt * REPLACEMENT_SEED_STEP, refine, resolution, physics or ranked, ranked, timing)
+            passing = [j for j, values in enumerate(fresh[2]) if is_acceptable(values)]
+            redraws[failing] += REPLACEMENT_DRAWS
+            for slot, j in zip(failing, passing, strict=False):
+                keypoints[slot], meshes[slot], metrics[slot] = fresh[0][j], fresh[1][j], fresh[2][j]
+        grasps = [Grasp(keypoints=joints, mesh=mesh, metrics={**values, "refined": bool(refine), "redraws": int(count),
+                                                              "batch_timing": timing})
+                  for joints, mesh, values, count in zip(keypoints, meshes, metrics, redraws, strict=True)]
+        return grasps
+
+    def _grasps(self, obj: trimesh.Trimesh, draw: int, keep: int, seed: int, refine: bool, resolution: int,
+                physics: bool, ranked: bool, timing: dict[str, float]) -> tuple[np.ndarray, list, list[dict]]:
+        """Prepared object -> ``keep`` of ``draw`` samples (the most stable if ``ranked``): (keep,21,3) keypoints,
+        their meshes and metrics (with the physics fields if ``physics``); adds each stage's seconds to ``timing``."""
         started = time.perf_counter()
         keypoints = self.sample_keypoints(obj, draw, seed, refine)
         sampled = time.perf_counter()
-        results = []
-        if physics or ranked:
-            keypoints, results = self.check_physics(obj, keypoints, int(n) if ranked else None)
-        simulated = [result.metrics() for result in results] or [{} for _ in keypoints]
+        simulated: list[dict] = [{} for _ in range(keep)]
+        if physics:
+            keypoints, results = self.check_physics(obj, keypoints, keep if ranked else None)
+            simulated = [result.metrics() for result in results]
         checked = time.perf_counter()
         meshes = self.base.mesh(keypoints, resolution=resolution)
         meshed = time.perf_counter()
-        grasps = [Grasp(keypoints=joints, mesh=mesh, metrics={**metrics, **extra, "refined": bool(refine)})
-                  for joints, mesh, metrics, extra in zip(keypoints, meshes, grasp_metrics_many(meshes, obj), simulated,
-                                                          strict=True)]
-        timing = {"sample_s": sampled - started, "physics_s": checked - sampled, "mesh_s": meshed - checked,
-                  "metrics_s": time.perf_counter() - meshed}
-        for grasp in grasps:
-            grasp.metrics["batch_timing"] = timing
-        return grasps
+        metrics = [{**measured, **extra} for measured, extra in zip(grasp_metrics_many(meshes, obj), simulated, strict=True)]
+        for stage, seconds in (("sample_s", sampled - started), ("physics_s", checked - sampled),
+                               ("mesh_s", meshed - checked), ("metrics_s", time.perf_counter() - meshed)):
+            timing[stage] += seconds
+        return keypoints, meshes, metrics
 
 
 def load_vae(path: str | Path | None = None, base: HaloBase | None = None, device: str | torch.device = "cpu") -> HaloVAE:

@@ -19,6 +19,7 @@ import trimesh
 
 from ..geometry import inside_mesh, inside_solid
 from .metrics import surface_distance
+from .object_repair import ObjectError, prepare
 
 MIN_EXTENT_M, MAX_EXTENT_M = 0.005, 0.5
 MAX_FACES = 200_000
@@ -28,10 +29,6 @@ SHELL_POINTS = 1024
 SHELL_DEPTH_M = 0.03
 BPS_POINTS = 512
 BPS_RADIUS_M = 0.15
-
-
-class ObjectError(ValueError):
-    """Invalid object mesh; the message starts with the field name, ``object: ...``."""
 
 
 def validate_object(mesh: object) -> trimesh.Trimesh:
@@ -63,6 +60,12 @@ def validate_object(mesh: object) -> trimesh.Trimesh:
             f"object meshes must be in metres ({hint})"
         )
     return trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
+
+
+def prepare_object(mesh: object) -> trimesh.Trimesh:
+    """Any mesh-like input -> the checked, repaired and closed object the grasp pipeline works on
+    (``object_repair.prepare``, cached by content); raises ObjectError with the reason."""
+    return prepare(validate_object(mesh))
 
 
 def bps_basis(count: int, radius: float, seed: int = 0) -> np.ndarray:

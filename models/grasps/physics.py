@@ -8,12 +8,10 @@ takes about a second per hand mesh, every grasp has a new hand, and the pieces o
 mesh again, while the capsules follow the skeleton exactly and were fitted to cover the base model's
 surface (90th percentile of the vertex distances per segment) at no cost per hand.
 
-The object is one free body made of convex pieces. Each connected piece of its mesh (a mug's body and
-handle) is its own convex hull if it is closed with a volume within ``CONVEX_VOLUME_SHARE`` of its
-hull's, else a CoACD decomposition (fixed seed, at most ``COACD_MAX_PIECES`` pieces, a light search:
-0.6-0.9 s for a mug's handle or a torus). Pieces are cached per mesh (``PIECE_CACHE_SIZE`` meshes,
-keyed by a hash of vertices and faces). Mass and inertia are MuJoCo's, from the pieces' volumes at
-``density`` (1000 kg/m3 unless given; overlapping pieces count twice, a few per cent on a mug).
+The object is one free body made of convex pieces (``collision.convex_pieces``: the prepared, closed
+object cut into nearly convex pieces from its voxelised solid, cached per mesh). Mass and inertia are
+MuJoCo's, from the pieces' volumes at ``density`` (1000 kg/m3 unless given; overlapping pieces count
+twice, a few per cent on a mug).
 
 Contacts: sliding friction 0.8 (dry skin on plastic or glass is 0.5-1.0), torsional 5 mm (a finger
 pad's contact patch), elliptic friction cones, noslip iterations so a held object does not creep.
@@ -38,29 +36,26 @@ moved less than ``STABLE_CM`` in every direction and in the settle. An unheld ob
 in that time.
 
 Cost: 0.03-0.2 s per grasp on one CPU core (the model is compiled once per grasp and each direction
-runs 125 steps of 4 ms), plus the decomposition of a non-convex object once (0.2-0.9 s per piece).
-MuJoCo releases the GIL while it steps, so the grasps of a batch are simulated on one thread per
-available core (``workers``), with the same results as one by one.
+runs 125 steps of 4 ms). MuJoCo can abort its process or run for a minute on a pathological contact
+set, so each grasp is simulated in a worker process with a time limit (``contained``); a grasp whose
+simulation crashed, overran or raised gets a result that says so (``failure``) and the request goes
+on. The grasps of a batch run on one worker per available core.
 
 Shapes: S grasps, G gravity directions, V vertices. Metres and seconds unless a name says cm.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
-import coacd
 import mujoco
 import numpy as np
 import trimesh
-from scipy.spatial import ConvexHull, QhullError
 
+from .collision import PhysicsError, check_object, convex_pieces
+from .contained import ContainedPool, Failure, shared_pool
 from .hand_proxy import CAPSULES, PALM_CAPSULES
-from .parallel import thread_map
 
 log = logging.getLogger("halo.physics")
 
@@ -79,15 +74,7 @@ GRAVITY_M_S2 = 9.81
 STABLE_CM = 2.0
 AXIS_DIRECTIONS = np.concatenate([np.eye(3), -np.eye(3)])  # (6,3) unit gravity directions
 PALM_JOINTS = (0, 1, 5, 9, 13, 17)  # wrist, thumb CMC, index/middle/ring/pinky MCP (mano order)
-CONVEX_VOLUME_SHARE = 0.95
-COACD_THRESHOLD = 0.05
-COACD_MAX_PIECES = 16
-COACD_SEED = 0
-# A lighter search than CoACD's defaults: 0.2-0.9 s instead of 1-40 s per piece, within 1 % of the same volume.
-COACD_SEARCH = {"resolution": 500, "mcts_iterations": 30, "mcts_nodes": 10, "mcts_max_depth": 2}
-MIN_PIECE_VOLUME_M3 = 1e-9  # pieces under 1 mm3 are dropped (MuJoCo refuses flat hulls)
-MIN_OBJECT_VOLUME_M3 = 1e-7  # an object whose hull holds under 0.1 cm3 is flat: nothing to drop
-PIECE_CACHE_SIZE = 32
+TIME_LIMIT_S = 10.0  # per grasp; a normal one takes 0.02-0.2 s
 RANK_CANDIDATES = 2  # ranking by stability draws this many samples per grasp it returns
 
 
@@ -101,19 +88,16 @@ def _route_warning(message: str) -> None:
 
 
 mujoco.set_mju_user_warning(_route_warning)
-coacd.set_log_level("error")
-
-
-class PhysicsError(ValueError):
-    """Invalid physics-check input; the message starts with the field name."""
 
 
 @dataclass(frozen=True)
 class PhysicsResult:
-    """One grasp's physics check."""
+    """One grasp's physics check; ``failure`` says why there is no verdict (the simulation crashed, overran or
+    raised), and then the displacements are infinite."""
 
     displacement_cm: np.ndarray  # (G,) centre-of-mass travel under gravity along each direction, cm
     settle_cm: float  # travel during the gravity-free settle (interpenetration pushed apart), cm
+    failure: Failure | None = None
 
     @property
     def mean_cm(self) -> float:
@@ -135,8 +119,10 @@ class PhysicsResult:
         """Held in every gravity direction, and not pushed ``STABLE_CM`` or more out of place in the settle."""
         return self.held == len(self.displacement_cm) and self.settle_cm < STABLE_CM
 
-    def metrics(self) -> dict[str, float | bool]:
-        """The grasp-metric entries (units in the names)."""
+    def metrics(self) -> dict[str, float | bool | str]:
+        """The grasp-metric entries (units in the names); a failed check gives ``sim_failed`` and its reason."""
+        if self.failure is not None:
+            return {"sim_failed": True, "sim_failure": f"{self.failure.reason}: {self.failure.detail}"}
         return {
             "sim_displacement_cm": self.mean_cm,
             "sim_displacement_worst_cm": self.worst_cm,
@@ -149,67 +135,6 @@ class PhysicsResult:
 def free_fall_cm(duration_s: float = DURATION_S) -> float:
     """Distance a body falls from rest in ``duration_s`` seconds, g t^2 / 2, cm (MuJoCo's steps give 1 % less)."""
     return GRAVITY_M_S2 * duration_s ** 2 / 2 * 100
-
-
-def _mesh_key(obj: trimesh.Trimesh) -> str:
-    """A hash of the mesh's vertices and faces (the cache key of its convex pieces)."""
-    digest = hashlib.sha256(np.ascontiguousarray(obj.vertices, dtype=np.float64).tobytes())
-    digest.update(np.ascontiguousarray(obj.faces, dtype=np.int64).tobytes())
-    return digest.hexdigest()
-
-
-def _is_nearly_convex(body: trimesh.Trimesh) -> bool:
-    """Whether one connected piece of a mesh is closed with nearly the volume of its convex hull."""
-    return body.is_watertight and abs(body.volume) >= CONVEX_VOLUME_SHARE * body.convex_hull.volume
-
-
-def _decompose(obj: trimesh.Trimesh) -> tuple[np.ndarray, ...]:
-    """Object mesh, metres -> vertices (V,3) of each convex piece, metres.
-
-    Each connected piece (a mug's body and handle, a compound's parts) is taken on its own: its hull
-    if nearly convex, else a CoACD decomposition.
-    """
-    hulls = []
-    for body in trimesh.Trimesh(obj.vertices, obj.faces, process=True).split(only_watertight=False):
-        if _is_nearly_convex(body):
-            hulls.append(body.convex_hull)
-            continue
-        parts = coacd.run_coacd(coacd.Mesh(np.asarray(body.vertices), np.asarray(body.faces)),
-                                threshold=COACD_THRESHOLD, max_convex_hull=COACD_MAX_PIECES, seed=COACD_SEED,
-                                **COACD_SEARCH)
-        hulls.extend(trimesh.Trimesh(vertices, faces).convex_hull for vertices, faces in parts)
-    pieces = tuple(np.asarray(hull.vertices, dtype=np.float64) for hull in hulls if hull.volume > MIN_PIECE_VOLUME_M3)
-    return pieces or (np.asarray(obj.convex_hull.vertices, dtype=np.float64),)
-
-
-def check_object(obj: trimesh.Trimesh) -> None:
-    """Raise PhysicsError (``object: ...``) unless the mesh (metres) encloses a volume a body can be made of."""
-    try:
-        volume = ConvexHull(np.asarray(obj.vertices, dtype=np.float64)).volume
-    except QhullError:
-        volume = 0.0
-    if volume < MIN_OBJECT_VOLUME_M3:
-        raise PhysicsError(f"object: its convex hull holds {volume * 1e6:.3g} cm3; the physics check needs a solid "
-                           f"of at least {MIN_OBJECT_VOLUME_M3 * 1e6:g} cm3 (a flat or degenerate mesh cannot be dropped)")
-
-
-_piece_cache: OrderedDict[str, tuple[np.ndarray, ...]] = OrderedDict()
-_piece_cache_lock = threading.Lock()  # grasp workers may share the cache
-
-
-def convex_pieces(obj: trimesh.Trimesh) -> tuple[np.ndarray, ...]:
-    """Object mesh, metres -> vertices (V,3) of each convex piece (least recently used cache of 32 meshes)."""
-    key = _mesh_key(obj)
-    with _piece_cache_lock:
-        if key in _piece_cache:
-            _piece_cache.move_to_end(key)
-            return _piece_cache[key]
-    pieces = _decompose(obj)
-    with _piece_cache_lock:
-        _piece_cache[key] = pieces
-        while len(_piece_cache) > PIECE_CACHE_SIZE:
-            _piece_cache.popitem(last=False)
-    return pieces
 
 
 def palm_normal(keypoints: np.ndarray) -> np.ndarray:
@@ -296,22 +221,34 @@ def simulate(model: mujoco.MjModel, directions: np.ndarray = AXIS_DIRECTIONS) ->
     return PhysicsResult(displacement, float(np.linalg.norm(settled - start) * 100))
 
 
+def _simulate_grasp(task: tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...], np.ndarray, float]) -> PhysicsResult:
+    """(keypoints (21,3), radii (C,), pieces, directions (G,3), density) -> one grasp's result (run in a worker)."""
+    keypoints, radii, pieces, directions, density = task
+    return simulate(build_model(keypoints, radii, pieces, density), directions)
+
+
 def check_grasps(keypoints: np.ndarray, radii: np.ndarray, obj: trimesh.Trimesh,
                  directions: np.ndarray = AXIS_DIRECTIONS, density: float = DENSITY_KG_M3,
-                 workers: int | None = None) -> list[PhysicsResult]:
-    """(S,21,3) mano keypoints, (C,) proxy capsule radii, object mesh (same frame, metres) -> S physics results,
-    simulated on ``workers`` threads (default: one per available core)."""
+                 pool: ContainedPool | None = None, method: str = "voxel") -> list[PhysicsResult]:
+    """(S,21,3) mano keypoints, (C,) proxy capsule radii, object mesh (same frame, metres) -> S physics results.
+
+    Each grasp is simulated in a worker process of ``pool`` (default: the shared one, a worker per core)
+    within ``TIME_LIMIT_S``; one that fails has ``failure`` set. ``method``: the object's decomposition
+    (``collision.convex_pieces``)."""
     keypoints = np.asarray(keypoints, dtype=np.float64)
     radii = np.asarray(radii, dtype=np.float64)
     directions = np.asarray(directions, dtype=np.float64)
     _check_inputs(keypoints, radii, directions, density)
     check_object(obj)
-    pieces = convex_pieces(obj)
-
-    def check(hand: np.ndarray) -> PhysicsResult:
-        return simulate(build_model(hand, radii, pieces, density), directions)
-
-    return thread_map(check, keypoints, workers)
+    pieces = convex_pieces(obj, method)
+    tasks = [(hand, radii, pieces, directions, float(density)) for hand in keypoints]
+    outcomes = (pool or shared_pool()).map(_simulate_grasp, tasks, TIME_LIMIT_S)
+    failed = np.full(len(directions), np.inf)
+    results = [PhysicsResult(failed, np.inf, outcome) if isinstance(outcome, Failure) else outcome for outcome in outcomes]
+    for result in results:
+        if result.failure is not None:
+            log.warning("physics check failed (%s): %s", result.failure.reason, result.failure.detail)
+    return results
 
 
 def most_stable(results: list[PhysicsResult], n: int) -> list[int]:
