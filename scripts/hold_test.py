@@ -34,6 +34,7 @@ import trimesh
 import models
 from models.data.objects import make_object, split_indices
 from models.grasps import field_protocol, physics
+from models.grasps.collision import convex_pieces
 
 BULLET_TIMESTEP_S = 1 / 240
 BULLET_SOLVER_ITERATIONS = 150
@@ -46,6 +47,17 @@ def centre_of_mass(pieces: tuple[np.ndarray, ...]) -> np.ndarray:
     hulls = [trimesh.convex.convex_hull(piece) for piece in pieces]
     volumes = np.array([hull.volume for hull in hulls])
     return (np.array([hull.center_mass for hull in hulls]) * volumes[:, None]).sum(0) / volumes.sum()
+
+
+def check_in_process(keypoints: np.ndarray, radii: np.ndarray, pieces: tuple[np.ndarray, ...],
+                     margin: float) -> list[physics.PhysicsResult]:
+    """Our check of (S,21,3) grasps with the given contact margin, in this process (the served check
+    runs in worker processes, where the margin could not be changed)."""
+    default, physics.SKIN_MARGIN_M = physics.SKIN_MARGIN_M, margin
+    try:
+        return [physics.simulate(physics.build_model(hand, radii, pieces)) for hand in keypoints]
+    finally:
+        physics.SKIN_MARGIN_M = default
 
 
 def mesh_piece_check(hand: trimesh.Trimesh, keypoints: np.ndarray,
@@ -130,11 +142,9 @@ def main() -> None:
         obj, kind = make_object(index)
         keypoints = vae.sample_keypoints(obj, args.grasps, order, True)
         hands = vae.base.mesh(keypoints, resolution=args.resolution)
-        physics.SKIN_MARGIN_M = EARLIER_MARGIN_M
-        today = physics.check_grasps(keypoints, radii, obj)
-        physics.SKIN_MARGIN_M = 0.0
-        touching = physics.check_grasps(keypoints, radii, obj)
-        pieces = physics.convex_pieces(obj)
+        pieces = convex_pieces(obj)
+        today = check_in_process(keypoints, radii, pieces, EARLIER_MARGIN_M)
+        touching = check_in_process(keypoints, radii, pieces, 0.0)
         mass = physics.DENSITY_KG_M3 * sum(trimesh.convex.convex_hull(piece).volume for piece in pieces)
         field_mujoco = field_protocol.simulation_displacements(hands, keypoints, obj)
         field_gravity = field_protocol.GRAVITY_DIRECTION[None] * field_protocol.GRAVITY_M_S2

@@ -23,8 +23,8 @@ The field runs it in PyBullet; this is MuJoCo, with these mappings:
   hulls reached 38-59 cm3 (12-17 % of the hand's volume) outside the mesh (merging the metacarpals
   into three palm pieces: 41-76 cm3; cutting each bone's piece in halves along the bone: 19-34 cm3
   but 49-84 cm3 of the hand no longer covered).
-* *Object*: ``physics.convex_pieces`` (CoACD) where the field runs V-HACD; 1 kg by setting the density
-  to 1 kg over the pieces' volume.
+* *Object*: the physics check's convex pieces (``collision.convex_pieces``) where the field runs
+  V-HACD; 1 kg by setting the density to 1 kg over the pieces' volume.
 * *Friction and restitution*: Bullet multiplies the two bodies' coefficients, so the field's contact has
   friction 3 x 3 = 9 and restitution 0.5 x 0 = 0. MuJoCo's contacts are damped springs with no
   restitution parameter; a damped spring of damping ratio zeta bounces back with restitution
@@ -60,10 +60,11 @@ import numpy as np
 import trimesh
 from scipy.spatial import ConvexHull
 
+from .collision import check_object, convex_pieces
 from .hand_proxy import CAPSULES, MANO_PARENTS
 from .metrics import CONTACT_DISTANCE_M, canonical_keypoints, keypoint_clusters, penetration_volumes, vertex_extremes
 from .parallel import thread_map
-from .physics import _diverged, check_object, convex_pieces
+from .physics import _diverged
 
 TIMESTEP_S = 1 / 240
 STEPS = 35
