@@ -12,9 +12,11 @@ import trimesh
 
 from .allocator import keep_freed_memory
 from .canonical import MODEL_SCALE, Canonical, canonicalize, transform_points, validate_keypoints
-from .meshing import DEFAULT_CULL_RADIUS_M, MeshStats, extract_meshes
+from .meshing import DEFAULT_CULL_RADIUS_M, MeshStats, extract_model_meshes, to_keypoint_frame
 from .occupancy import OccupancyDecoder, load_decoder
 from .skeleton import MIRROR, resolve_hand
+from .smoothing import DEFAULT_SMOOTH_ITERATIONS, taubin_smooth, vertex_normals
+from .streaming import StreamConfig, StreamMesher, StreamStats
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 SHIPPED_BASE = CHECKPOINT_DIR / "halo_base.safetensors"
@@ -68,20 +70,19 @@ class HaloBase:
         joint_order: str | Sequence[str] = "mano",
         hand: str | Sequence[str] = "right",
         resolution: int = 128,
+        smooth: int = 0,
     ) -> tuple[list[trimesh.Trimesh], MeshStats]:
-        """(B,21,3) or (21,3) keypoints, metres -> (B watertight meshes in the keypoint frame, metres; stage timings)."""
+        """(B,21,3) or (21,3) keypoints, metres -> (B watertight meshes in the keypoint frame, metres; stage timings).
+
+        ``smooth``: Taubin iterations (``smoothing.taubin_smooth``); 0 keeps the marching-cubes surface of
+        the original HALO extraction (the parity mode)."""
+        _check_smooth(smooth)
         stats = MeshStats()
         started = time.perf_counter()
         canonical, is_left = self.prepare(keypoints, joint_order, hand)
         stats.canonicalize_s = time.perf_counter() - started
-        meshes = []
-        for (vertices, faces), left in zip(
-            extract_meshes(self.decoder, canonical, resolution, self.cull_radius, stats), is_left, strict=True
-        ):
-            if left:  # mirror back; a reflection turns the faces inside out, so flip their winding
-                vertices, faces = vertices @ MIRROR, faces[:, ::-1].copy()
-            meshes.append(trimesh.Trimesh(vertices, faces, process=False))
-        return meshes, stats
+        model_meshes = extract_model_meshes(self.decoder, canonical, resolution, self.cull_radius, stats)
+        return finish_meshes(model_meshes, canonical, is_left, smooth), stats
 
     def mesh(
         self,
@@ -89,10 +90,23 @@ class HaloBase:
         joint_order: str | Sequence[str] = "mano",
         hand: str | Sequence[str] = "right",
         resolution: int = 128,
+        smooth: int = 0,
     ) -> trimesh.Trimesh | list[trimesh.Trimesh]:
-        """(21,3) keypoints -> one watertight mesh; (B,21,3) -> a list of B meshes (metres, keypoint frame)."""
-        meshes, _ = self.mesh_with_stats(keypoints, joint_order, hand, resolution)
+        """(21,3) keypoints -> one watertight mesh; (B,21,3) -> a list of B meshes (metres, keypoint frame).
+
+        ``smooth``: Taubin iterations, 0 (the default) for the original extraction's surface."""
+        meshes, _ = self.mesh_with_stats(keypoints, joint_order, hand, resolution, smooth)
         return meshes[0] if np.ndim(keypoints) == 2 else meshes
+
+    def mesh_stream(
+        self, resolution: int = 64, smooth: int = DEFAULT_SMOOTH_ITERATIONS, config: StreamConfig | None = None
+    ) -> MeshStream:
+        """A stream that meshes successive frames of the same hands, each seeded by the last (``models.streaming``).
+
+        Live meshes are for viewing, so they are smoothed by default (``smooth=0`` for the original surface)."""
+        _check_smooth(smooth)
+        config = config or StreamConfig(resolution=resolution, cull_radius=self.cull_radius)
+        return MeshStream(self, StreamMesher(self.decoder, config), smooth)
 
     def occupancy(
         self,
@@ -109,6 +123,76 @@ class HaloBase:
         model_points = transform_points(canonical.normalization_matrix, points[None]) * MODEL_SCALE
         code = self.decoder.hand_code(canonical.part_matrices.float(), canonical.bone_lengths.float())
         return self.decoder.occupancy(model_points.float(), code)[0].cpu().numpy()
+
+
+class MeshStream:
+    """Meshes the frames of a tracked hand (or B hands) one after the other; see ``HaloBase.mesh_stream``.
+
+    Each ``mesh`` call is one frame; its meshes match ``HaloBase.mesh`` of the same keypoints (same
+    resolution and smoothing) while costing less, because the frame is meshed around the last one."""
+
+    def __init__(self, base: HaloBase, mesher: StreamMesher, smooth: int) -> None:
+        self.base = base
+        self.mesher = mesher
+        self.smooth = smooth
+
+    @property
+    def stats(self) -> StreamStats:
+        """Frames meshed, hand-frames seeded by the previous frame, fallbacks to the full extraction by reason."""
+        return self.mesher.stats
+
+    @torch.inference_mode()
+    def mesh_with_stats(
+        self,
+        keypoints: np.ndarray | torch.Tensor,
+        joint_order: str | Sequence[str] = "mano",
+        hand: str | Sequence[str] = "right",
+    ) -> tuple[list[trimesh.Trimesh], MeshStats]:
+        """One frame: (B,21,3) or (21,3) keypoints, metres -> (B watertight meshes, keypoint frame, metres; stage timings)."""
+        stats = MeshStats()
+        started = time.perf_counter()
+        canonical, is_left = self.base.prepare(keypoints, joint_order, hand)
+        stats.canonicalize_s = time.perf_counter() - started
+        model_meshes = self.mesher.step(canonical, stats)
+        return finish_meshes(model_meshes, canonical, is_left, self.smooth), stats
+
+    def mesh(
+        self,
+        keypoints: np.ndarray | torch.Tensor,
+        joint_order: str | Sequence[str] = "mano",
+        hand: str | Sequence[str] = "right",
+    ) -> trimesh.Trimesh | list[trimesh.Trimesh]:
+        """One frame: (21,3) keypoints -> one watertight mesh; (B,21,3) -> a list of B meshes."""
+        meshes, _ = self.mesh_with_stats(keypoints, joint_order, hand)
+        return meshes[0] if np.ndim(keypoints) == 2 else meshes
+
+    def reset(self) -> None:
+        """Forget the previous frame (e.g. the tracker lost the hand): the next frame is meshed from scratch."""
+        self.mesher.reset()
+
+
+def _check_smooth(smooth: int) -> None:
+    """Raise a ValueError naming ``smooth`` unless it is a whole number of iterations >= 0."""
+    if isinstance(smooth, bool) or not isinstance(smooth, int | np.integer) or smooth < 0:
+        raise ValueError(f"smooth: expected a whole number of Taubin iterations >= 0, got {smooth!r}")
+
+
+def finish_meshes(
+    model_meshes: list[tuple[np.ndarray, np.ndarray]], canonical: Canonical, is_left: np.ndarray, smooth: int
+) -> list[trimesh.Trimesh]:
+    """B model-frame (vertices, faces) -> B meshes in the keypoint frame (metres), mirrored back where left,
+    smoothed by ``smooth`` Taubin iterations, with per-vertex normals for smooth shading."""
+    meshes = []
+    for (vertices, faces), normalization, left in zip(
+        model_meshes, canonical.normalization_matrix, is_left, strict=True
+    ):
+        vertices = to_keypoint_frame(vertices, normalization)
+        if left:  # mirror back; a reflection turns the faces inside out, so flip their winding
+            vertices, faces = vertices @ MIRROR, faces[:, ::-1].copy()
+        vertices = taubin_smooth(vertices, faces, smooth)
+        normals = vertex_normals(vertices, faces)
+        meshes.append(trimesh.Trimesh(vertices, faces, vertex_normals=normals, process=False))
+    return meshes
 
 
 def load_base(path: str | Path | None = None, device: str | torch.device = "cpu") -> HaloBase:

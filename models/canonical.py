@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .skeleton import BIOMECH_PARENTS, MANO_TO_BIOMECH, NUM_JOINTS, PART_BONES, to_mano
+from .units import unit_hint
 
 MODEL_SCALE = 2.5  # model units per metre of the normalised frame (one model unit = 0.4 m)
 
@@ -292,12 +293,8 @@ def _check_hand(joints: np.ndarray, hand: int) -> None:
     span = float(np.linalg.norm(joints[9] - joints[0]))
     low, high = HAND_SPAN_RANGE_M
     if not low <= span <= high:
-        if 1.5 <= span <= 25:
-            hint = "they look like centimetres: multiply by 0.01"
-        elif 15 <= span <= 300:
-            hint = "they look like millimetres: multiply by 0.001"
-        else:
-            hint = "check the units and the joint order"
+        scale = unit_hint(span, (1.5, 25), (15, 300))
+        hint = f"they look like {scale}" if scale else "check the units and the joint order"
         raise KeypointError(
             f"{where}: wrist to middle-finger MCP is {span:.4g}, expected {low}-{high} m; keypoints must be in metres ({hint})"
         )

@@ -1,4 +1,5 @@
-"""Small mesh measurements shared by tests, evaluation and grasp metrics."""
+"""Small mesh measurements shared by the grasp model, its metrics, data synthesis, evaluation and tests:
+inside / outside, surface and signed distances, Chamfer distance."""
 
 from __future__ import annotations
 
@@ -139,3 +140,17 @@ def inside_closed_mesh(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
         np.cumsum(per_point) - per_point, per_point)
     above = np.bincount(owner, weights=height[crossing] > points[owner, 2], minlength=len(points))
     return (above.astype(np.int64) % 2).astype(bool)
+
+
+def surface_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
+    """(N,3) points, metres -> (N,) unsigned distance to the surface of ``mesh``, metres."""
+    squared, _, _ = igl.point_mesh_squared_distance(
+        np.ascontiguousarray(points, dtype=np.float64),
+        np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64),
+    )
+    return np.sqrt(squared)
+
+
+def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
+    """(N,3) points, metres -> (N,) distance to the surface of ``mesh``, negative inside (winding number)."""
+    return np.where(inside_solid(mesh, points), -1.0, 1.0) * surface_distance(mesh, points)

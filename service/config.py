@@ -2,19 +2,18 @@
 
 Nothing else in the server reads ``os.environ``. Every field is also a ``halo serve`` flag with the
 same name in kebab case (``max_batch_size`` <-> ``--max-batch-size`` <-> ``HALO_MAX_BATCH_SIZE``);
-a flag given on the command line wins over the environment.
+a flag given on the command line wins over the environment (the flags are made in ``cli.serve``).
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-RESOLUTIONS = (64, 128, 256, 512)
+from models.meshing import RESOLUTIONS
 
 
 class Settings(BaseSettings):
@@ -85,29 +84,3 @@ class Settings(BaseSettings):
     def resolutions(self) -> tuple[int, ...]:
         """The resolutions requests may use."""
         return tuple(r for r in RESOLUTIONS if r <= self.max_resolution)
-
-
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--kebab-case`` flag per settings field; unset flags leave the field to env/defaults."""
-    for name, field in Settings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        help_text = field.description or ""
-        if "default" not in help_text:
-            help_text += f" (default: {field.default})"
-        help_text += f" [env HALO_{name.upper()}]"
-        if field.annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Settings from the flags that were given, the ``HALO_*`` environment and the defaults."""
-    given = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
-    try:
-        return Settings(**given)
-    except ValidationError as error:
-        first = error.errors()[0]
-        message = first["msg"].removeprefix("Value error, ")  # model-level messages start with the field
-        field = ".".join(str(part) for part in first["loc"])
-        raise ValueError(f"{field}: {message}" if field else message) from None

@@ -1,89 +1,40 @@
-"""The engine: owns the loaded models and the execution lanes; the async API both front ends call.
+"""The engine: the scheduler between the front ends and the models.
 
-Front ends parse their wire format into numpy arrays and call ``mesh``, ``occupancy`` or
-``grasps``; the engine validates every input before it is queued (so a bad hand never reaches a
-batch), routes the work to its lane and records model-side metrics. Two lanes, each a batcher with
-its own queue, workers and limits: ``mesh`` (meshes and occupancy queries, batched across requests)
-and ``grasps`` (grasp sampling, including the meshing of the sampled hands). A full grasp lane
-refuses grasps while meshes keep flowing, and on CPU the grasp threads run at a lower priority so
-the OS gives the cores to meshes first. Models that are missing are reported by ``describe`` and
-make their endpoints raise ``ModelUnavailableError``.
+Front ends hand it jobs that ``service.inputs`` has already checked; it routes each to its lane, runs
+the model there and records model-side metrics. Two lanes, each a batcher with its own queue, workers
+and limits: ``mesh`` (meshes and occupancy queries, batched across requests) and ``grasps`` (grasp
+sampling, including the meshing of the sampled hands). A full grasp lane refuses grasps while meshes
+keep flowing, and on CPU the grasp threads run at a lower priority so the OS gives the cores to
+meshes first. Models that are missing (``service.loading``) are reported by ``describe`` and make
+their endpoints raise ``ModelUnavailableError``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 import torch
 import trimesh
 
 import models
-from models import grasps, skeleton
+from models import Grasp, HaloBase, HaloVAE, MeshStats, grasps
 from service.batching import Batcher
-from service.codecs import InputError, check_object_size
 from service.config import Settings
+from service.errors import InputError, ModelUnavailableError, ShuttingDownError
+from service.inputs import GraspJob, HandInput, Inputs, MeshJob, OccupancyJob
+from service.loading import describe_model, load_models, warm_up_grasps, warm_up_meshes
 from service.metrics import Metrics
 
 log = logging.getLogger("halo.engine")
 
-# The hand meshed once at start-up so the first request does not pay for lazy initialisation.
-SAMPLE_KEYPOINTS = Path(models.__file__).resolve().parent / "assets" / "sample_keypoints.json"
-
-
 # Which lane serves each model endpoint.
 LANE_OF_ENDPOINT = {"mesh": "mesh", "occupancy": "mesh", "grasps": "grasps"}
-
-
-class ModelUnavailableError(Exception):
-    """The model an endpoint needs is not loaded; the message says why."""
-
-
-class ShuttingDownError(Exception):
-    """The server is stopping and takes no new work."""
-
-
-@dataclass(frozen=True)
-class HandInput:
-    """One validated hand: (21,3) keypoints in metres, in ``joint_order``, of handedness ``hand``."""
-
-    keypoints: np.ndarray
-    joint_order: str
-    hand: str
-
-
-def parse_hand(keypoints: Any, joint_order: str = "mano", hand: str = "right", field: str = "") -> HandInput:
-    """Raw keypoints + names -> HandInput; raises InputError naming the field (prefixed by ``field``)."""
-    try:
-        array = np.asarray(keypoints, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"{field}keypoints: not a 21 x 3 array of numbers") from error
-    if array.shape != (21, 3):
-        raise InputError(f"{field}keypoints: expected 21 x 3 values, got shape {list(array.shape)}")
-    try:
-        order = skeleton.resolve_joint_order(joint_order)
-        handedness = skeleton.resolve_hand(hand)
-        models.validate_keypoints(array, joint_order=order)
-    except ValueError as error:
-        raise InputError(f"{field}{error}") from error
-    return HandInput(array, order, handedness)
-
-
-@dataclass(frozen=True)
-class GraspOptions:
-    """How a grasp request wants its grasps (the same on REST and gRPC)."""
-
-    refine: bool = True
-    resolution: int | None = None  # None: the server's default
-    physics: bool = False
-    rank: str | None = None  # None / "none": sampling order; "stability": most stable first
 
 
 class Engine:
@@ -92,6 +43,7 @@ class Engine:
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
         self.metrics = metrics
+        self.inputs = Inputs(settings)
         self.mesh_lane = Batcher(
             metrics,
             lane="mesh",
@@ -111,8 +63,8 @@ class Engine:
             nice=settings.grasp_nice,
         )
         self.device = str(models.resolve_device(settings.device))
-        self.base: Any = None
-        self.vae: Any = None
+        self.base: HaloBase | None = None
+        self.vae: HaloVAE | None = None
         self.unavailable: dict[str, str] = {}
         self.ready = False
         self.accepting = True
@@ -124,67 +76,27 @@ class Engine:
             torch.set_num_threads(self.settings.torch_threads)
         self.mesh_lane.start()
         self.grasp_lane.start()
-        await self.mesh_lane.run_blocking(self._load_models)
+        loaded = await self.mesh_lane.run_blocking(load_models, self.settings, self.device, self.metrics)
+        self.base, self.vae, self.unavailable = loaded.base, loaded.vae, loaded.unavailable
         if self.base is None:
             return
         if self.settings.warmup:
             started = time.perf_counter()
-            await self.mesh_lane.run_blocking(self._warm_up)
+            smallest = min(self.settings.resolutions)
+            await self.mesh_lane.run_blocking(warm_up_meshes, self.base, smallest)
             if self.vae is not None:
-                # The first grasp request would otherwise pay about a second of one-time set-up.
-                await self.grasp_lane.run_blocking(self._warm_up_grasps)
+                await self.grasp_lane.run_blocking(warm_up_grasps, self.vae, smallest)
             log.info("warm-up done", extra={"seconds": round(time.perf_counter() - started, 3)})
         self.ready = True
         self.metrics.ready.set(1)
 
-    def _load_models(self) -> None:
-        try:
-            self.base = models.load_base(self.settings.base_checkpoint, device=self.device)
-        except Exception as error:
-            self.unavailable["base"] = f"base model not available: {error}"
-            log.error("base model not loaded", extra={"reason": str(error)})
-        else:
-            self._record_model("base", self.base)
-        if self.base is None:
-            self.unavailable["vae"] = "grasp model not available: it needs the base model"
-            return
-        try:
-            self.vae = grasps.load_vae(self.settings.vae_checkpoint, base=self.base, device=self.device)
-        except Exception as error:
-            self.unavailable["vae"] = f"grasp model not available: {error}"
-            log.warning("grasp model not loaded", extra={"reason": str(error)})
-        else:
-            self._record_model("vae", self.vae)
-
-    def _record_model(self, role: str, model: Any) -> None:
-        card = getattr(model, "card", {}) or {}
-        labels = (role, str(card.get("name", role)), str(card.get("sha256", "")), self.device)
-        self.metrics.model_info.labels(*labels).set(1)
-        # Not "name": that is a LogRecord attribute, and logging refuses to overwrite it.
-        log.info("model loaded", extra={"model": role, "checkpoint": card.get("name"), "device": self.device})
-
-    def _warm_up(self) -> None:
-        sample = json.loads(SAMPLE_KEYPOINTS.read_text())
-        kps = np.asarray(sample["keypoints"], dtype=np.float64)[None]
-        resolution = min(self.settings.resolutions)
-        self.base.mesh_with_stats(kps, joint_order=sample["joint_order"], hand=sample["hand"], resolution=resolution)
-
-    def _warm_up_grasps(self) -> None:
-        cube = trimesh.creation.box(extents=(0.06, 0.06, 0.06))
-        # With the physics check: its worker processes start now, not on the first request.
-        self.vae.sample(cube, n=2, seed=0, refine=True, resolution=min(self.settings.resolutions), physics=True)
-
     def describe(self) -> dict:
         """What is loaded: per model its card and device, or why it is unavailable."""
-        described = {}
-        for role, model in (("base", self.base), ("vae", self.vae)):
-            if model is not None:
-                card = dict(getattr(model, "card", {}) or {})
-                described[role] = {"available": True, "device": self.device, "card": card}
-            else:
-                described[role] = {"available": False, "reason": self.unavailable.get(role, "loading")}
         return {
-            "models": described,
+            "models": {
+                role: describe_model(model, role, self.device, self.unavailable)
+                for role, model in (("base", self.base), ("vae", self.vae))
+            },
             "resolutions": list(self.settings.resolutions),
             "default_resolution": self.settings.default_resolution,
             "max_batch_size": self.settings.max_batch_size,
@@ -194,8 +106,6 @@ class Engine:
         """Refresh the GPU memory gauges (CUDA only)."""
         if not self.device.startswith("cuda"):
             return
-        import torch
-
         self.metrics.gpu_memory.labels(self.device, "allocated").set(torch.cuda.memory_allocated(self.device))
         self.metrics.gpu_memory.labels(self.device, "reserved").set(torch.cuda.memory_reserved(self.device))
 
@@ -204,34 +114,25 @@ class Engine:
         budget = self.settings.request_timeout_s if seconds is None else min(seconds, self.settings.request_timeout_s)
         return time.monotonic() + budget
 
-    def resolution(self, requested: int | None) -> int:
-        """The request's resolution (None or 0: the default), checked against the allowed set."""
-        if not requested:
-            return self.settings.default_resolution
-        if requested not in self.settings.resolutions:
-            raise InputError(f"resolution: {requested} is not one of {list(self.settings.resolutions)}")
-        return requested
+    def require_base(self) -> HaloBase:
+        """The loaded base model; raises ModelUnavailableError with the reason if there is none."""
+        if self.base is None:
+            raise ModelUnavailableError(self.unavailable.get("base", "base model is still loading"))
+        return self.base
 
-    def require(self, role: str) -> Any:
-        """The loaded ``base`` or ``vae`` model; raises if stopping or the model is unavailable."""
-        model = self.base if role == "base" else self.vae
-        if model is None:
-            raise ModelUnavailableError(self.unavailable.get(role, f"{role} model is still loading"))
-        return model
+    def require_vae(self) -> HaloVAE:
+        """The loaded grasp model; raises ModelUnavailableError with the reason if there is none."""
+        if self.vae is None:
+            raise ModelUnavailableError(self.unavailable.get("vae", "vae model is still loading"))
+        return self.vae
 
-    async def mesh(self, hands: Sequence[HandInput], resolution: int | None, deadline: float) -> list[trimesh.Trimesh]:
-        """Validated hands -> one mesh each (keypoint frame, metres), batched with other requests."""
-        self.require("base")
-        resolution = self.resolution(resolution)
-        if not 1 <= len(hands) <= self.settings.max_hands:
-            raise InputError(f"hands: between 1 and {self.settings.max_hands} hands per request")
-        return await self.mesh_lane.submit(hands, ("mesh", resolution), self._mesh_batch_fn(resolution), deadline)
+    async def mesh(self, job: MeshJob, deadline: float) -> list[trimesh.Trimesh]:
+        """Checked hands -> one mesh each (keypoint frame, metres), batched with other requests."""
+        base, resolution = self.require_base(), job.resolution
 
-    def _mesh_batch_fn(self, resolution: int):
         def run(hands: Sequence[HandInput]) -> list[trimesh.Trimesh]:
-            kps = np.stack([h.keypoints for h in hands])
-            meshes, stats = self.base.mesh_with_stats(
-                kps,
+            meshes, stats = base.mesh_with_stats(
+                np.stack([h.keypoints for h in hands]),
                 joint_order=[h.joint_order for h in hands],
                 hand=[h.hand for h in hands],
                 resolution=resolution,
@@ -239,9 +140,9 @@ class Engine:
             self._record_stats(stats, len(hands), resolution)
             return list(meshes)
 
-        return run
+        return await self.mesh_lane.submit(job.hands, ("mesh", resolution), run, deadline)
 
-    def _record_stats(self, stats: Any, batch_size: int, resolution: int) -> None:
+    def _record_stats(self, stats: MeshStats, batch_size: int, resolution: int) -> None:
         self.metrics.batch_size.observe(batch_size)
         self.metrics.stage_duration.labels("canonicalize").observe(stats.canonicalize_s)
         self.metrics.stage_duration.labels("occupancy").observe(stats.occupancy_s)
@@ -249,70 +150,51 @@ class Engine:
         self.metrics.points_evaluated.inc(stats.points_evaluated)
         self.metrics.meshes.labels(str(resolution)).inc(batch_size)
 
-    async def occupancy(self, hand: HandInput, points: np.ndarray, deadline: float) -> np.ndarray:
-        """Hand + (N,3) points, metres, keypoint frame -> (N,) occupancy probabilities."""
-        self.require("base")
-        points = np.asarray(points, dtype=np.float64)
-        if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
-            raise InputError("points: expected a non-empty list of [x, y, z]")
-        if len(points) > self.settings.max_points:
-            raise InputError(f"points: {len(points)} points; the limit is {self.settings.max_points}")
-        if not np.isfinite(points).all():
-            raise InputError("points: contains NaN or Inf")
+    async def occupancy(self, job: OccupancyJob, deadline: float) -> np.ndarray:
+        """A checked hand + (N,3) points, metres, keypoint frame -> (N,) occupancy probabilities."""
+        base = self.require_base()
 
-        def run(jobs: Sequence[tuple[HandInput, np.ndarray]]) -> list[np.ndarray]:
-            ((job_hand, job_points),) = jobs
-            probs = self.base.occupancy(
-                job_hand.keypoints, job_points, joint_order=job_hand.joint_order, hand=job_hand.hand
-            )
-            self.metrics.points_evaluated.inc(len(job_points))
+        def run(jobs: Sequence[OccupancyJob]) -> list[np.ndarray]:
+            (one,) = jobs
+            hand = one.hand
+            probs = base.occupancy(hand.keypoints, one.points, joint_order=hand.joint_order, hand=hand.hand)
+            self.metrics.points_evaluated.inc(len(one.points))
             return [np.asarray(probs, dtype=np.float64)]
 
-        (probs,) = await self.mesh_lane.submit([(hand, points)], ("occupancy", object()), run, deadline)
+        (probs,) = await self.mesh_lane.submit([job], ("occupancy", object()), run, deadline)
         return probs
 
-    def grasp_count(self, requested: int | None) -> int:
-        """Number of grasps to sample (None or 0: the default), checked against the limit."""
-        count = requested or self.settings.default_grasp_samples
-        if not 1 <= count <= self.settings.max_grasp_samples:
-            raise InputError(f"num_samples: must be between 1 and {self.settings.max_grasp_samples}")
-        return count
+    async def grasps(self, job: GraspJob, deadline: float) -> list[Grasp]:
+        """A checked object -> ``job.count`` grasps sampled together from ``job.seed`` (one queued job).
 
-    async def grasps(self, obj: trimesh.Trimesh, count: int, seed: int, options: GraspOptions,
-                     deadline: float) -> list[Any]:
-        """Object mesh (metres) -> ``count`` grasps sampled together with ``seed`` (one queued job).
-
-        ``options.physics`` adds the MuJoCo check to each grasp; ``options.rank="stability"`` implies it and
-        returns the most stable of up to twice as many samples (within ``max_grasp_samples``).
+        ``physics`` adds the MuJoCo check to each grasp; ``rank="stability"`` implies it and returns the
+        most stable of up to twice as many samples (within ``max_grasp_samples``).
         """
-        check_object_size(obj, self.settings.max_object_faces)
-        resolution = self.resolution(options.resolution)
+        vae = self.require_vae()
+        options, limit = job.options, self.settings.max_grasp_samples
         try:
             # Repairing and closing a large or broken mesh takes up to a second: not on the event loop.
-            obj = await asyncio.to_thread(grasps.prepare_object, obj)
-            if options.physics or options.rank == "stability":
-                grasps.check_physics_object(obj)
+            job = replace(job, obj=await asyncio.to_thread(grasps.prepare_object, job.obj))
         except ValueError as error:
             raise InputError(str(error)) from error
-        vae = self.require("vae")
-        limit = self.settings.max_grasp_samples
 
-        def run(jobs: Sequence[tuple[int, int]]) -> list[list[Any]]:
-            ((n, job_seed),) = jobs
-            sampled = vae.sample(obj, n=n, seed=job_seed, refine=options.refine, resolution=resolution,
-                                 physics=options.physics, rank=options.rank, max_candidates=limit)
+        def run(jobs: Sequence[GraspJob]) -> list[list[Grasp]]:
+            (one,) = jobs
+            sampled = vae.sample(one.obj, n=one.count, seed=one.seed, refine=options.refine,
+                                 resolution=one.resolution, physics=options.physics, rank=options.rank,
+                                 max_candidates=limit)
             return [sampled]
 
-        (sampled,) = await self.grasp_lane.submit([(count, seed)], ("grasps", object()), run, deadline)
+        (sampled,) = await self.grasp_lane.submit([job], ("grasps", object()), run, deadline)
         self.metrics.observe_physics([grasp.metrics for grasp in sampled])
         return sampled
 
-    async def stream_grasps(self, obj: trimesh.Trimesh, count: int, seed: int, options: GraspOptions,
-                            deadline: float) -> AsyncIterator[Any]:
+    async def stream_grasps(self, job: GraspJob, deadline: float) -> AsyncIterator[Grasp]:
         """Grasps one by one, each sent when ready: grasp i is a one-grasp sample with seed ``seed + i``
         (with ``rank="stability"``, the more stable of two samples)."""
-        for index in range(count):
-            (grasp,) = await self.grasps(obj, 1, seed + index, options, deadline)
+        for index in range(job.count):
+            single = GraspJob(job.obj, 1, job.seed + index, job.options, job.resolution)
+            (grasp,) = await self.grasps(single, deadline)
             yield grasp
 
     @property
@@ -320,7 +202,7 @@ class Engine:
         """Work items waiting in all lanes."""
         return self.mesh_lane.depth + self.grasp_lane.depth
 
-    def check_accepting(self, endpoint: str) -> None:
+    def check_accepting(self, endpoint: Literal["mesh", "occupancy", "grasps"]) -> None:
         """Front ends call this as a request arrives: once shutdown began, new requests are refused."""
         if not self.accepting:
             self.metrics.reject(LANE_OF_ENDPOINT[endpoint], "shutting_down")

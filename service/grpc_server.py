@@ -12,16 +12,18 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import grpc
 import numpy as np
+import trimesh
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.batching import DeadlineExceededError, QueueFullError
-from service.codecs import InputError, mesh_to_packed, numeric_metrics, packed_to_mesh
-from service.engine import Engine, GraspOptions, ModelUnavailableError, ShuttingDownError, parse_hand
+from models import Grasp
+from service.codecs import mesh_to_packed, numeric_metrics
+from service.engine import Engine
+from service.errors import DeadlineExceededError, InputError, ModelUnavailableError, QueueFullError, ShuttingDownError
+from service.inputs import GraspJob, GraspOptions, HandInput, grasp_options, packed_to_mesh, parse_hand
 from service.logs import request_id_var
 from service.proto_gen.halo.v1 import halo_pb2, halo_pb2_grpc
 
@@ -66,7 +68,7 @@ def status_for(error: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def hand_from_proto(hand: halo_pb2.Hand, field: str = "") -> Any:
+def hand_from_proto(hand: halo_pb2.Hand, field: str = "") -> HandInput:
     """Hand message -> validated engine HandInput (enum values checked, keypoints validated)."""
     if hand.joint_order not in JOINT_ORDERS:
         raise InputError(f"{field}joint_order: unknown value {hand.joint_order}")
@@ -78,12 +80,12 @@ def hand_from_proto(hand: halo_pb2.Hand, field: str = "") -> Any:
     return parse_hand(keypoints.reshape(21, 3), JOINT_ORDERS[hand.joint_order], HANDEDNESS[hand.handedness], field)
 
 
-def mesh_to_proto(mesh: Any) -> halo_pb2.Mesh:
+def mesh_to_proto(mesh: trimesh.Trimesh) -> halo_pb2.Mesh:
     vertices, faces = mesh_to_packed(mesh)
     return halo_pb2.Mesh(vertices=vertices, faces=faces)
 
 
-def grasp_to_proto(grasp: Any) -> halo_pb2.Grasp:
+def grasp_to_proto(grasp: Grasp) -> halo_pb2.Grasp:
     return halo_pb2.Grasp(
         keypoints=np.asarray(grasp.keypoints, dtype=np.float32).ravel().tolist(),
         mesh=mesh_to_proto(grasp.mesh),
@@ -96,16 +98,18 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self.inputs = engine.inputs
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         return self.engine.deadline(context.time_remaining())
 
-    def _object(self, request: halo_pb2.GenerateGraspsRequest) -> Any:
-        return packed_to_mesh(request.object.vertices, request.object.faces, field="object")
+    def _grasp_job(self, request: halo_pb2.GenerateGraspsRequest) -> GraspJob:
+        obj = packed_to_mesh(request.object.vertices, request.object.faces, field="object")
+        return self.inputs.grasps(obj, request.num_samples, request.seed, _options(request))
 
     async def GenerateMesh(self, request, context):  # noqa: N802 (gRPC method names)
         hands = [hand_from_proto(h, f"hands[{i}].") for i, h in enumerate(request.hands)]
-        meshes = await self.engine.mesh(hands, request.resolution or None, self._deadline(context))
+        meshes = await self.engine.mesh(self.inputs.mesh(hands, request.resolution), self._deadline(context))
         with self.engine.metrics.time_stage("encode"):
             return halo_pb2.GenerateMeshResponse(meshes=[mesh_to_proto(m) for m in meshes])
 
@@ -114,38 +118,27 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
         points = np.asarray(request.points, dtype=np.float64)
         if points.size == 0 or points.size % 3:
             raise InputError("points: expected a non-empty multiple of 3 values")
-        probs = await self.engine.occupancy(hand, points.reshape(-1, 3), self._deadline(context))
+        job = self.inputs.occupancy(hand, points.reshape(-1, 3))
+        probs = await self.engine.occupancy(job, self._deadline(context))
         return halo_pb2.QueryOccupancyResponse(probabilities=probs.astype(np.float32).tolist())
 
     async def GenerateGrasps(self, request, context):  # noqa: N802 (gRPC method names)
-        obj = self._object(request)
-        count = self.engine.grasp_count(request.num_samples)
-        grasps = await self.engine.grasps(obj, count, request.seed, _options(request), self._deadline(context))
+        grasps = await self.engine.grasps(self._grasp_job(request), self._deadline(context))
         return halo_pb2.GenerateGraspsResponse(grasps=[grasp_to_proto(g) for g in grasps])
 
     async def StreamGrasps(self, request, context):  # noqa: N802 (gRPC method names)
-        obj = self._object(request)
-        count = self.engine.grasp_count(request.num_samples)
-        stream = self.engine.stream_grasps(obj, count, request.seed, _options(request), self._deadline(context))
-        async for grasp in stream:
+        async for grasp in self.engine.stream_grasps(self._grasp_job(request), self._deadline(context)):
             yield grasp_to_proto(grasp)
 
 
 def _options(request: halo_pb2.GenerateGraspsRequest) -> GraspOptions:
-    """The request's grasp options, with REST's defaults for unset fields."""
-    return GraspOptions(_refine(request), request.resolution or None, request.physics, _rank(request))
-
-
-def _refine(request: halo_pb2.GenerateGraspsRequest) -> bool:
-    """``refine`` as sent, or True when the client left it out (the REST default)."""
-    return request.refine if request.HasField("refine") else True
-
-
-def _rank(request: halo_pb2.GenerateGraspsRequest) -> str:
-    """The request's ``rank`` enum as the engine's name; unknown values are refused."""
+    """The request's grasp options; fields left unset take the options' defaults (the same as REST's)."""
     if request.rank not in RANKS:
         raise InputError(f"rank: unknown value {request.rank}")
-    return RANKS[request.rank]
+    fields = {"resolution": request.resolution or None, "physics": request.physics, "rank": RANKS[request.rank]}
+    if request.HasField("refine"):
+        fields["refine"] = request.refine
+    return grasp_options(fields)
 
 
 class _Call:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import trimesh
 
+from models.data.objects import open_scan
+
 
 def _box(extents=(0.05, 0.07, 0.14)) -> tuple[np.ndarray, np.ndarray]:
     box = trimesh.creation.box(extents=extents)
@@ -103,14 +105,8 @@ def soup_100k() -> tuple[np.ndarray, np.ndarray]:
 
 def scan_200k() -> tuple[np.ndarray, np.ndarray]:
     """A noisy, open scan of a ball with 200,000 faces (the documented limit): a cap cut away, small holes."""
-    rng = np.random.default_rng(3)
-    sphere = trimesh.creation.icosphere(subdivisions=7, radius=0.04)
-    faces = np.asarray(sphere.faces)
-    keep = np.asarray(sphere.triangles_center)[:, 2] < 0.03
-    keep[rng.choice(np.flatnonzero(keep), 2000, replace=False)] = False
-    faces = faces[keep][:200_000]
-    vertices = np.asarray(sphere.vertices) + rng.normal(scale=0.0003, size=sphere.vertices.shape)
-    return vertices, faces
+    scan = open_scan(200_000)
+    return np.asarray(scan.vertices), np.asarray(scan.faces)
 
 
 CASES = {

@@ -4,6 +4,7 @@ ephemeral ports in a background thread with its own event loop."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-REFERENCE_DIR = REPO_ROOT.parent / "shared" / "halo_reference"
+# The published HALO reference arrays (third-party, never committed): only the parity tests need them.
+REFERENCE_DIR = Path(os.environ.get("HALO_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "halo_reference"))
 SHIPPED_BASE = REPO_ROOT / "models" / "checkpoints" / "halo_base.safetensors"
 PUBLISHED_BASE = REFERENCE_DIR / "model_best.pt"
 
@@ -29,12 +31,26 @@ def base_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference_keypoints() -> np.ndarray:
-    """(17,21,3) reference hand poses in metres, mano order (skip if the reference data is absent)."""
-    path = REFERENCE_DIR / "reference.npz"
-    if not path.is_file():
-        pytest.skip("reference keypoints ../shared/halo_reference/reference.npz are absent")
-    return np.load(path)["keypoints_mano_m"].astype(np.float64)
+def hand_keypoints() -> np.ndarray:
+    """(17,21,3) right hands in metres, mano order, made by the project itself: the sample hand, then 16 poses
+    of the shipped grasp model's hand skeleton (curls from nearly open to a loose fist), each turned and moved."""
+    from scipy.spatial.transform import Rotation
+
+    from models import validate_keypoints
+    from models.assets import sample_hand
+    from models.grasps.api import SHIPPED_VAE
+    from models.grasps.model import load_vae_weights
+    from models.hand_pose import clip_angles, neutral_angles
+
+    skeleton = load_vae_weights(SHIPPED_VAE)[0].skeleton
+    count = 16
+    angles = clip_angles(neutral_angles(count) * torch.linspace(0.2, 2.0, count)[:, None])
+    rotations = torch.as_tensor(Rotation.random(count, random_state=0).as_matrix(), dtype=torch.float32)
+    translations = torch.as_tensor(np.random.default_rng(0).uniform(-0.05, 0.05, (count, 3)), dtype=torch.float32)
+    with torch.no_grad():
+        posed = skeleton.keypoints(angles, rotations, translations).double().numpy()
+    hands = np.concatenate([np.asarray(sample_hand()["keypoints"], dtype=np.float64)[None], posed])
+    return validate_keypoints(hands)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import trimesh
 from broken_meshes import CASES, LARGE
 
 from models.grasps.api import SHIPPED_VAE
-from service.client import GrpcClient, HaloError, RestClient
+from tools.client import GrpcClient, HaloError, RestClient
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ import pytest
 import yaml
 from docker.utils.build import exclude_paths
 
-from service.cli import build_parser
-from service.config import Settings, settings_from_args
+from cli.main import build_parser
+from cli.serve import settings_from_args
+from service.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -143,7 +144,7 @@ def test_build_context_holds_sources_and_checkpoints_only() -> None:
     rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     context = set(exclude_paths(str(ROOT), rules, dockerfile="docker/Dockerfile"))
-    tracked = subprocess.run(["git", "ls-files", "models", "service", "proto"], cwd=ROOT, capture_output=True,
+    tracked = subprocess.run(["git", "ls-files", "models", "service", "cli", "tools", "proto"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout.split()
     assert tracked and set(tracked) <= context, sorted(set(tracked) - context)[:10]
     assert {"pyproject.toml", "README.md", "scripts/setup.sh"} <= context

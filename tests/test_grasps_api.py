@@ -10,9 +10,9 @@ import pytest
 import trimesh
 
 import models
+from cli.main import main
 from models.data.objects import make_object, split_indices
 from models.grasps.api import SHIPPED_VAE, GraspRequestError, is_valid_hand
-from service.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +92,46 @@ def test_eval_command_reports_both_rows_and_renders_a_preview(vae, tmp_path: Pat
     arguments = ["eval", "vae", "--objects", "1", "--samples", "2", "--resolution", "64", "--checkpoint", str(checkpoint)]
     assert main([*arguments, "--json", str(report), "--preview", str(preview), "--write-card"]) == 0
     result = json.loads(report.read_text())
-    assert [row["method"] for row in result["rows"]] == ["vae + refinement", "vae, raw samples",
+    assert [row["method"] for row in result["rows"]] == ["vae + refinement, served (outliers replaced)",
+                                                         "vae + refinement", "vae, raw samples",
                                                          "vae + refinement, ranked by stability"]
     assert all(row["grasps"] == 2 for row in result["rows"]) and result["refinement"]["steps"] > 0
     for row in result["rows"]:
         assert 0 <= row["stable_share"] <= 1 and row["median_displacement_cm"] >= 0
-    ranked, refined = result["rows"][2], result["rows"][0]
+    served, ranked, refined = result["rows"][0], result["rows"][3], result["rows"][1]
+    assert served["max_penetration_volume_cm3"] <= 5.0 and served["contact_ratio"] == 1.0 and served["redraws"] >= 0
     assert ranked["median_worst_displacement_cm"] <= refined["median_worst_displacement_cm"] + 1e-9
-    assert result["eval_command"] == "halo eval vae --objects 1 --samples 2 --resolution 64 --seed 0"
+    assert result["eval_command"] == ("halo eval vae --object-set procedural --objects 1 --samples 2 --resolution 64"
+                                      " --seed 0")
     shipped = json.loads(SHIPPED_VAE.with_suffix(".json").read_text()).get("evaluation", {})
     kept = {"field_protocol": shipped["field_protocol"]} if "field_protocol" in shipped else {}
     assert json.loads(checkpoint.with_suffix(".json").read_text())["evaluation"] == {**result, **kept}
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_refined_grasps_that_miss_or_penetrate_are_replaced_by_fresh_samples(vae, monkeypatch) -> None:
+    from models.data.real_objects import load_real_object
+    from models.grasps import api as grasp_api
+
+    cereal = load_real_object("cereal")
+    grasps = vae.sample(cereal, n=4, seed=0, resolution=64)
+    for grasp in grasps:  # the default: every refined grasp touches the object and penetrates at most 5 cm3
+        assert grasp.metrics["contact"] and grasp.metrics["penetration_volume_cm3"] <= grasp_api.MAX_PENETRATION_CM3
+    # A stricter bound than the samples meet: the ones over it are replaced where a fresh sample meets it.
+    volumes = sorted(grasp.metrics["penetration_volume_cm3"] for grasp in grasps)
+    monkeypatch.setattr(grasp_api, "MAX_PENETRATION_CM3", (volumes[1] + volumes[2]) / 2)
+    strict = vae.sample(cereal, n=4, seed=0, resolution=64)
+    replaced = 0
+    for kept, original in zip(strict, grasps, strict=True):
+        if original.metrics["redraws"]:
+            continue  # already a replacement under the default bound
+        if original.metrics["penetration_volume_cm3"] <= grasp_api.MAX_PENETRATION_CM3:
+            np.testing.assert_array_equal(kept.keypoints, original.keypoints)  # passing samples stay
+            assert kept.metrics["redraws"] == 0
+        else:
+            assert kept.metrics["redraws"] >= grasp_api.REPLACEMENT_DRAWS
+            replaced += 1
+    assert replaced >= 1
+    # Raw samples are returned as drawn.
+    raw = vae.sample(cereal, n=4, seed=0, resolution=64, refine=False)
+    assert all(grasp.metrics["redraws"] == 0 for grasp in raw)

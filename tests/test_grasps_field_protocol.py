@@ -12,10 +12,10 @@ import trimesh
 from test_grasps_physics import FIST, SQUEEZE_M, inscribed_ball, posed
 
 import models
+from cli.main import main
 from models.grasps import field_protocol
 from models.grasps.api import SHIPPED_VAE
 from models.grasps.metrics import canonical_keypoints, penetration_volumes, surface_distance
-from service.cli import main
 
 
 @pytest.fixture(scope="module")

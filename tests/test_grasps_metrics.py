@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from models.geometry import closed_bodies, inside_closed_mesh, inside_mesh, inside_solid
+from models.geometry import closed_bodies, inside_closed_mesh, inside_mesh, inside_solid, signed_distance
 from models.grasps.metrics import (
     _voxel_grid,
     cluster_diversity,
@@ -15,7 +15,6 @@ from models.grasps.metrics import (
     mean_pairwise_distance,
     penetration_volume,
     penetration_volumes,
-    signed_distance,
     summarize,
     vertex_extremes,
 )

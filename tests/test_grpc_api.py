@@ -15,9 +15,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from service_helpers import GatedBase, hand, wait_until
 
 import models
-from service.client import GrpcClient
 from service.codecs import mesh_to_packed
 from service.proto_gen.halo.v1 import halo_pb2, halo_pb2_grpc
+from tools.client import GrpcClient
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def call_mesh(server, request: halo_pb2.GenerateMeshRequest, **kwargs):
         return halo_pb2_grpc.HaloServiceStub(channel).GenerateMesh(request, timeout=60, **kwargs)
 
 
-def test_mesh_round_trip_matches_the_model_called_directly(live_server, direct_base, reference_keypoints):
-    kps = reference_keypoints[[0, 5]]
+def test_mesh_round_trip_matches_the_model_called_directly(live_server, direct_base, hand_keypoints):
+    kps = hand_keypoints[[0, 5]]
     # gRPC carries float32 keypoints: compare with the model fed the same float32 values.
     expected = direct_base.mesh(kps.astype(np.float32).astype(np.float64), hand=["right", "left"], resolution=64)
     with GrpcClient(live_server.grpc_target) as client:
@@ -42,8 +42,8 @@ def test_mesh_round_trip_matches_the_model_called_directly(live_server, direct_b
         assert mesh.is_watertight
 
 
-def test_occupancy_matches_the_model(live_server, direct_base, reference_keypoints):
-    kps = reference_keypoints[2].astype(np.float32).astype(np.float64)
+def test_occupancy_matches_the_model(live_server, direct_base, hand_keypoints):
+    kps = hand_keypoints[2].astype(np.float32).astype(np.float64)
     points = np.random.default_rng(1).uniform(-0.1, 0.1, (100, 3)).astype(np.float32).astype(np.float64)
     with GrpcClient(live_server.grpc_target) as client:
         got = client.occupancy(kps, points)
@@ -84,8 +84,8 @@ def _bad_requests(kps: np.ndarray) -> dict:
     }
 
 
-def test_bad_mesh_input_answers_invalid_argument_naming_the_field(live_server, reference_keypoints):
-    for case, (request, field) in _bad_requests(reference_keypoints[0]).items():
+def test_bad_mesh_input_answers_invalid_argument_naming_the_field(live_server, hand_keypoints):
+    for case, (request, field) in _bad_requests(hand_keypoints[0]).items():
         with pytest.raises(grpc.RpcError) as refused:
             call_mesh(live_server, request)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
@@ -109,9 +109,9 @@ def test_bad_objects_answer_invalid_argument(live_server):
             assert refused.value.details().startswith("object"), case
 
 
-def test_bearer_token_is_required_when_configured(server_factory, reference_keypoints):
+def test_bearer_token_is_required_when_configured(server_factory, hand_keypoints):
     server = server_factory(auth_token="s3cret", warmup=False)
-    request = halo_pb2.GenerateMeshRequest(hands=[hand(reference_keypoints[0])], resolution=64)
+    request = halo_pb2.GenerateMeshRequest(hands=[hand(hand_keypoints[0])], resolution=64)
     with pytest.raises(grpc.RpcError) as refused:
         call_mesh(server, request)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -120,11 +120,11 @@ def test_bearer_token_is_required_when_configured(server_factory, reference_keyp
     assert len(response.meshes) == 1
 
 
-def test_cancelled_calls_and_expired_deadlines_do_no_work(server_factory, reference_keypoints):
+def test_cancelled_calls_and_expired_deadlines_do_no_work(server_factory, hand_keypoints):
     server = server_factory(warmup=False, request_timeout_s=1.0, max_batch_size=1, mesh_workers=1)
     gated = GatedBase(server.engine.base)
     server.engine.base = gated
-    request = halo_pb2.GenerateMeshRequest(hands=[hand(reference_keypoints[0])], resolution=64)
+    request = halo_pb2.GenerateMeshRequest(hands=[hand(hand_keypoints[0])], resolution=64)
     channel = grpc.insecure_channel(server.grpc_target)
     stub = halo_pb2_grpc.HaloServiceStub(channel)
 
@@ -138,7 +138,7 @@ def test_cancelled_calls_and_expired_deadlines_do_no_work(server_factory, refere
     assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # REST has no client deadline: the server's request timeout (1 s here) expires it in the queue.
     rest_expired = threading.Thread(target=lambda: results.append(
-        httpx.post(f"{server.http_url}/mesh", json={"keypoints": reference_keypoints[1].tolist()}, timeout=60)
+        httpx.post(f"{server.http_url}/mesh", json={"keypoints": hand_keypoints[1].tolist()}, timeout=60)
     ))
     results: list = []
     rest_expired.start()

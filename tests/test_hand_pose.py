@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REFERENCE_DIR
 
 from models import hand_pose
 from models.hand_pose import angle_bounds, angles_from_raw, axis_angle_to_matrix, clip_angles, raw_from_angles
 from models.plausibility import joint_angles, plausible
 
-KPS_SEQ = Path(__file__).resolve().parents[2] / "shared" / "halo_reference" / "kps_seq.pkl"
+KPS_SEQ = REFERENCE_DIR / "kps_seq.pkl"
 
 
 def test_raw_parameters_always_map_inside_the_limits_and_invert() -> None:

@@ -26,10 +26,10 @@ import pytest
 import trimesh
 import yaml
 
-from service.client import GrpcClient, RestClient
 from service.codecs import mesh_to_packed
 from service.proto_gen.halo.v1 import halo_pb2
 from tests.test_prometheus_integration import PROMETHEUS_DIR, _free_port, _keypoints, _stop, _wait_for, query
+from tools.client import GrpcClient, RestClient
 
 pytestmark = pytest.mark.image
 

@@ -167,7 +167,7 @@ def test_cli_mesh_and_occupancy(checkpoint, tmp_path):
     keypoints = tmp_path / "hand.npy"
     np.save(keypoints, HAND @ skeleton.MIRROR)
     output = tmp_path / "hand.obj"
-    command = [sys.executable, "-m", "service.cli", "mesh", "--keypoints", str(keypoints), "--hand", "left"]
+    command = [sys.executable, "-m", "cli", "mesh", "--keypoints", str(keypoints), "--hand", "left"]
     run = subprocess.run(
         [*command, "--checkpoint", str(checkpoint), "--resolution", "64", "-o", str(output)],
         capture_output=True,
@@ -182,7 +182,7 @@ def test_cli_mesh_and_occupancy(checkpoint, tmp_path):
         [
             sys.executable,
             "-m",
-            "service.cli",
+            "cli",
             "occupancy",
             "--keypoints",
             str(keypoints),
@@ -207,7 +207,7 @@ def test_cli_reports_bad_input_without_a_traceback(checkpoint, tmp_path):
         [
             sys.executable,
             "-m",
-            "service.cli",
+            "cli",
             "mesh",
             "--keypoints",
             str(keypoints),

@@ -27,15 +27,15 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from conftest import REFERENCE_DIR
 
-from service.bench import load_keypoints
-from service.client import GrpcClient, HaloError, RestClient
+from cli.files import load_keypoints
+from tools.client import GrpcClient, HaloError, RestClient
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = ROOT / "docker" / "prometheus"
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "halo.json"
 SHIPPED_BASE = ROOT / "models" / "checkpoints" / "halo_base.safetensors"
-REFERENCE = ROOT.parent / "shared" / "halo_reference"
 SAMPLE_KEYPOINTS = ROOT / "models" / "assets" / "sample_keypoints.json"
 START_BUDGET_S = 240  # model load + warm-up on a busy 2-core machine
 SCRAPE_INTERVAL = "1s"
@@ -79,7 +79,7 @@ def _stop(process: subprocess.Popen) -> None:
 def _checkpoint_args() -> list[str]:
     if SHIPPED_BASE.is_file():
         return []
-    published = REFERENCE / "model_best.pt"
+    published = REFERENCE_DIR / "model_best.pt"
     if published.is_file():
         return ["--base-checkpoint", str(published)]
     pytest.skip(f"no base checkpoint: neither {SHIPPED_BASE.name} is shipped nor {published} present")

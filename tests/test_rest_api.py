@@ -13,7 +13,7 @@ import trimesh
 from service_helpers import GatedBase, wait_until
 
 import models
-from service.client import GrpcClient, HaloError, RestClient
+from tools.client import GrpcClient, HaloError, RestClient
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,8 @@ def hand_body(keypoints: np.ndarray, **extra) -> dict:
     return {"keypoints": np.asarray(keypoints).tolist(), **extra}
 
 
-def test_mesh_round_trip_matches_the_model_called_directly(live_server, direct_base, reference_keypoints):
-    kps = reference_keypoints[0]
+def test_mesh_round_trip_matches_the_model_called_directly(live_server, direct_base, hand_keypoints):
+    kps = hand_keypoints[0]
     expected = direct_base.mesh(kps, resolution=64)
     with RestClient(live_server.http_url) as client:
         got = client.mesh(kps, resolution=64)
@@ -36,9 +36,9 @@ def test_mesh_round_trip_matches_the_model_called_directly(live_server, direct_b
 
 
 def test_several_hands_in_one_request_match_single_calls_and_respect_handedness(
-    live_server, direct_base, reference_keypoints
+    live_server, direct_base, hand_keypoints
 ):
-    kps = reference_keypoints[[1, 2]]
+    kps = hand_keypoints[[1, 2]]
     expected = direct_base.mesh(kps, hand=["right", "left"], resolution=64)
     with RestClient(live_server.http_url) as client:
         got = client.meshes(kps, hand=["right", "left"], resolution=64)
@@ -56,9 +56,9 @@ def test_several_hands_in_one_request_match_single_calls_and_respect_handedness(
         ({"accept": "model/gltf-binary"}, "model/gltf-binary", "glb"),
     ],
 )
-def test_binary_formats_by_field_or_accept_header(live_server, direct_base, reference_keypoints, how, media_type,
+def test_binary_formats_by_field_or_accept_header(live_server, direct_base, hand_keypoints, how, media_type,
                                                   file_type):
-    kps = reference_keypoints[3]
+    kps = hand_keypoints[3]
     expected = direct_base.mesh(kps, resolution=64)
     body = hand_body(kps, resolution=64, **({"format": how["format"]} if "format" in how else {}))
     headers = {"Accept": how["accept"]} if "accept" in how else {}
@@ -70,8 +70,8 @@ def test_binary_formats_by_field_or_accept_header(live_server, direct_base, refe
     np.testing.assert_allclose(np.sort(loaded.vertices, axis=0), np.sort(expected.vertices, axis=0), atol=1e-5)
 
 
-def test_occupancy_matches_the_model(live_server, direct_base, reference_keypoints):
-    kps = reference_keypoints[4]
+def test_occupancy_matches_the_model(live_server, direct_base, hand_keypoints):
+    kps = hand_keypoints[4]
     points = np.random.default_rng(0).uniform(-0.1, 0.1, (200, 3))
     with RestClient(live_server.http_url) as client:
         got = client.occupancy(kps, points)
@@ -108,8 +108,8 @@ def test_without_a_grasp_model_grasps_answer_503_and_unavailable_with_the_reason
     assert httpx.get(f"{server.http_url}/readyz").status_code == 200  # meshes are still served
 
 
-def _kps(reference_keypoints, change=None):
-    kps = reference_keypoints[0].copy()
+def _kps(hand_keypoints, change=None):
+    kps = hand_keypoints[0].copy()
     return change(kps) if change else kps
 
 
@@ -137,9 +137,9 @@ BAD_MESH_BODIES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_MESH_BODIES))
-def test_bad_mesh_input_answers_4xx_naming_the_field(live_server, reference_keypoints, case):
+def test_bad_mesh_input_answers_4xx_naming_the_field(live_server, hand_keypoints, case):
     make_body, status, field = BAD_MESH_BODIES[case]
-    body = make_body(reference_keypoints[0].copy())
+    body = make_body(hand_keypoints[0].copy())
     response = httpx.post(f"{live_server.http_url}/mesh", content=json.dumps(body),
                           headers={"content-type": "application/json"}, timeout=30)
     assert response.status_code == status, response.text
@@ -182,17 +182,17 @@ def test_bad_object_uploads_answer_4xx_naming_the_file(server_factory):
     assert response.status_code == 413 and response.json()["detail"].startswith("object.faces")
 
 
-def test_bearer_token_is_required_when_configured(server_factory, reference_keypoints):
+def test_bearer_token_is_required_when_configured(server_factory, hand_keypoints):
     server = server_factory(auth_token="s3cret", warmup=False)
-    body = hand_body(reference_keypoints[0], resolution=64)
+    body = hand_body(hand_keypoints[0], resolution=64)
     missing = httpx.post(f"{server.http_url}/mesh", json=body, timeout=30)
     wrong = httpx.post(f"{server.http_url}/mesh", json=body, headers={"Authorization": "Bearer nope"}, timeout=30)
     assert missing.status_code == wrong.status_code == 401
     assert missing.json()["detail"].startswith("authorization")
     with RestClient(server.http_url, token="s3cret") as client:
-        assert client.mesh(reference_keypoints[0], resolution=64).is_watertight
+        assert client.mesh(hand_keypoints[0], resolution=64).is_watertight
     with pytest.raises(HaloError) as refused, RestClient(server.http_url) as client:
-        client.occupancy(reference_keypoints[0], np.zeros((1, 3)))
+        client.occupancy(hand_keypoints[0], np.zeros((1, 3)))
     assert refused.value.status == 401
     assert httpx.get(f"{server.http_url}/healthz").status_code == 200
 
@@ -206,11 +206,11 @@ def test_errors_carry_the_request_id_and_no_stack_trace(live_server):
     assert "Traceback" not in response.text
 
 
-def test_a_client_that_disconnects_while_queued_causes_no_work(server_factory, reference_keypoints):
+def test_a_client_that_disconnects_while_queued_causes_no_work(server_factory, hand_keypoints):
     server = server_factory(warmup=False, max_batch_size=1, mesh_workers=1)
     gated = GatedBase(server.engine.base)
     server.engine.base = gated
-    body = hand_body(reference_keypoints[0], resolution=64)
+    body = hand_body(hand_keypoints[0], resolution=64)
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(httpx.post, f"{server.http_url}/mesh", json=body, timeout=60)
         assert gated.entered.wait(30)
@@ -224,7 +224,7 @@ def test_a_client_that_disconnects_while_queued_causes_no_work(server_factory, r
     assert server.metric("halo_meshes_total", {"resolution": "64"}) == 1
 
 
-def test_without_a_base_model_the_server_lives_but_is_not_ready(tmp_path, reference_keypoints):
+def test_without_a_base_model_the_server_lives_but_is_not_ready(tmp_path, hand_keypoints):
     from conftest import start_server
 
     server = start_server(base_checkpoint=tmp_path / "missing.safetensors")
@@ -235,7 +235,7 @@ def test_without_a_base_model_the_server_lives_but_is_not_ready(tmp_path, refere
         assert described["base"]["available"] is False and "missing.safetensors" in described["base"]["reason"]
         response = httpx.post(f"{server.http_url}/mesh", json={"keypoints": [[0.0] * 3] * 21}, timeout=30)
         assert response.status_code == 422  # input errors are still reported first
-        response = httpx.post(f"{server.http_url}/mesh", json=hand_body(reference_keypoints[0]), timeout=30)
+        response = httpx.post(f"{server.http_url}/mesh", json=hand_body(hand_keypoints[0]), timeout=30)
         assert response.status_code == 503 and response.json()["detail"].startswith("base model not available")
     finally:
         server.stop()

@@ -9,13 +9,15 @@ import pytest
 import torch
 from service_helpers import wait_until
 
-from service.bench import format_mix_result, format_result, load_keypoints, parse_mix, run_bench, run_mix_bench
-from service.cli import main
+from cli.files import load_keypoints
+from cli.main import main
+from tools.load import format_result, run_bench
+from tools.load_mix import format_mix_result, parse_mix, run_mix_bench
 
 
-def test_bench_drives_both_protocols_and_reports(live_server, reference_keypoints, tmp_path):
+def test_bench_drives_both_protocols_and_reports(live_server, hand_keypoints, tmp_path):
     path = tmp_path / "hands.json"
-    path.write_text(json.dumps({"keypoints": reference_keypoints[:3].tolist()}))
+    path.write_text(json.dumps({"keypoints": hand_keypoints[:3].tolist()}))
     hands = load_keypoints(path)
     assert hands.shape == (3, 21, 3)
     answered_before = live_server.metric("halo_requests_total", {"endpoint": "mesh", "protocol": "grpc", "status": "OK"})
@@ -57,7 +59,7 @@ def test_parse_mix_normalises_weights_and_names_the_option():
             parse_mix(bad)
 
 
-def test_mixed_open_loop_bench_reports_every_endpoint(live_server, reference_keypoints):
+def test_mixed_open_loop_bench_reports_every_endpoint(live_server, hand_keypoints):
     if live_server.engine.vae is None:
         pytest.skip("no grasp model loaded")
     endpoints = ("mesh", "occupancy", "grasps")
@@ -67,7 +69,7 @@ def test_mixed_open_loop_bench_reports_every_endpoint(live_server, reference_key
                        for s in ("200", "503")) for e in endpoints}
 
     before = answered()
-    result = run_mix_bench(reference_keypoints[:4], parse_mix("mesh=0.6,occupancy=0.2,grasps=0.2"), rate_per_s=12,
+    result = run_mix_bench(hand_keypoints[:4], parse_mix("mesh=0.6,occupancy=0.2,grasps=0.2"), rate_per_s=12,
                            http_url=live_server.http_url, concurrency=4, duration_s=1.5, resolution=64,
                            grasp_samples=1, grasp_refine=False, seed=3)
     assert set(result.endpoints) <= set(endpoints) and "mesh" in result.endpoints

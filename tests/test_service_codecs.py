@@ -9,17 +9,9 @@ import pytest
 import trimesh
 
 from models.grasps import Grasp
-from service.codecs import (
-    InputError,
-    PayloadTooLargeError,
-    decode_upload,
-    json_bytes,
-    mesh_to_dict,
-    mesh_to_packed,
-    negotiate_format,
-    packed_to_mesh,
-)
-from service.rest import grasp_payload
+from service.codecs import grasp_payload, json_bytes, mesh_to_dict, mesh_to_packed, negotiate_format
+from service.errors import InputError, PayloadTooLargeError
+from service.inputs import decode_upload, packed_to_mesh
 
 
 def test_grasp_json_carries_arrays_and_only_numeric_metrics():

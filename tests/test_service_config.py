@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.cli import build_parser
-from service.config import settings_from_args
+from cli.main import build_parser
+from cli.serve import settings_from_args
 
 
 def parse(argv: list[str]):

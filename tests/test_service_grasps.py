@@ -7,7 +7,7 @@ import pytest
 import trimesh
 
 from models.grasps.api import SHIPPED_VAE
-from service.client import GrpcClient, RestClient
+from tools.client import GrpcClient, RestClient
 
 
 @pytest.fixture(scope="module")

@@ -61,12 +61,12 @@ def fill_grasp_lane(server, pool: ThreadPoolExecutor) -> tuple[GatedVAE, list]:
     return gated, [running, queued]
 
 
-def test_meshes_complete_while_grasp_jobs_fill_their_lane(server_factory, reference_keypoints):
+def test_meshes_complete_while_grasp_jobs_fill_their_lane(server_factory, hand_keypoints):
     server = server_factory(warmup=False, mesh_workers=1, grasp_workers=1, max_grasp_queue=1)
     with ThreadPoolExecutor(8) as pool:
         gated, grasps = fill_grasp_lane(server, pool)
-        rest = [pool.submit(post_mesh, server.http_url, reference_keypoints[i]) for i in range(4)]
-        over_grpc = [pool.submit(grpc_mesh, server.grpc_target, reference_keypoints[i]) for i in range(4, 6)]
+        rest = [pool.submit(post_mesh, server.http_url, hand_keypoints[i]) for i in range(4)]
+        over_grpc = [pool.submit(grpc_mesh, server.grpc_target, hand_keypoints[i]) for i in range(4, 6)]
         mesh_statuses = [f.result(120).status_code for f in rest] + [f.result(120) for f in over_grpc]
         # Every mesh was answered while the grasp lane was still full and its worker still held.
         assert not gated.gate.is_set() and not any(f.done() for f in grasps)
@@ -81,7 +81,7 @@ def test_meshes_complete_while_grasp_jobs_fill_their_lane(server_factory, refere
     assert server.metric("halo_lane_busy_workers", {"lane": "grasps"}) == 0
 
 
-def test_a_full_grasp_lane_refuses_grasps_and_still_answers_meshes(server_factory, reference_keypoints):
+def test_a_full_grasp_lane_refuses_grasps_and_still_answers_meshes(server_factory, hand_keypoints):
     server = server_factory(warmup=False, mesh_workers=1, grasp_workers=1, max_grasp_queue=1)
     with ThreadPoolExecutor(4) as pool:
         gated, grasps = fill_grasp_lane(server, pool)
@@ -92,7 +92,7 @@ def test_a_full_grasp_lane_refuses_grasps_and_still_answers_meshes(server_factor
         )
         with grpc.insecure_channel(server.grpc_target) as channel, pytest.raises(grpc.RpcError) as exhausted:
             halo_pb2_grpc.HaloServiceStub(channel).GenerateGrasps(request, timeout=60)
-        mesh = post_mesh(server.http_url, reference_keypoints[0])
+        mesh = post_mesh(server.http_url, hand_keypoints[0])
         gated.gate.set()
         accepted = [f.result(300) for f in grasps]
     assert refused.status_code == 503
@@ -132,13 +132,13 @@ def _scrape(url: str) -> dict[str, float]:
     return values
 
 
-def test_sigterm_drains_both_lanes(base_checkpoint, reference_keypoints):
+def test_sigterm_drains_both_lanes(base_checkpoint, hand_keypoints):
     process, ports = start_server_subprocess(base_checkpoint, "grasp_workers=1")
     url = f"http://127.0.0.1:{ports['http']}"
     try:
         with ThreadPoolExecutor(8) as pool:
             grasps = [pool.submit(post_grasps, url, 2, seed) for seed in range(2)]
-            meshes = [pool.submit(post_mesh, url, reference_keypoints[i], 128) for i in range(6)]
+            meshes = [pool.submit(post_mesh, url, hand_keypoints[i], 128) for i in range(6)]
             wait_until(lambda: _scrape(url)["received"] == 8, timeout=120)
             at_sigterm = _scrape(url)
             process.send_signal(signal.SIGTERM)

@@ -19,9 +19,9 @@ def post_mesh(url: str, kps: np.ndarray, side: str = "right", resolution: int = 
     return httpx.post(f"{url}/mesh", json=body, timeout=300)
 
 
-def test_32_concurrent_requests_equal_the_sequential_results(server_factory, reference_keypoints):
+def test_32_concurrent_requests_equal_the_sequential_results(server_factory, hand_keypoints):
     server = server_factory(max_batch_size=8, max_queue_delay_ms=50, max_queue_size=64)
-    jobs = [(reference_keypoints[i % 17], "left" if i % 17 % 3 == 0 else "right") for i in range(32)]
+    jobs = [(hand_keypoints[i % 17], "left" if i % 17 % 3 == 0 else "right") for i in range(32)]
     sequential = [post_mesh(server.http_url, kps, side).json() for kps, side in jobs[:17]]
     batches_before = server.metric("halo_batch_size_count")
     with ThreadPoolExecutor(32) as pool:
@@ -37,11 +37,11 @@ def test_32_concurrent_requests_equal_the_sequential_results(server_factory, ref
         np.testing.assert_allclose(got["vertices"], expected["vertices"], atol=1e-5)
 
 
-def test_a_full_queue_answers_503_and_resource_exhausted_then_recovers(server_factory, reference_keypoints):
+def test_a_full_queue_answers_503_and_resource_exhausted_then_recovers(server_factory, hand_keypoints):
     server = server_factory(warmup=False, max_batch_size=1, max_queue_size=2, mesh_workers=1)
     gated = GatedBase(server.engine.base)
     server.engine.base = gated
-    kps = reference_keypoints[0]
+    kps = hand_keypoints[0]
     with ThreadPoolExecutor(3) as pool:
         running = pool.submit(post_mesh, server.http_url, kps)
         assert gated.entered.wait(30)
@@ -73,16 +73,16 @@ def _received(url: str) -> tuple[float, float]:
     return inflight, answered
 
 
-def test_sigterm_during_load_loses_no_accepted_request(base_checkpoint, reference_keypoints):
+def test_sigterm_during_load_loses_no_accepted_request(base_checkpoint, hand_keypoints):
     process, ports = start_server_subprocess(base_checkpoint, "max_batch_size=4")
     url = f"http://127.0.0.1:{ports['http']}"
 
     def rest_call(index: int) -> str:
-        return str(post_mesh(url, reference_keypoints[index], "right", 128).status_code)
+        return str(post_mesh(url, hand_keypoints[index], "right", 128).status_code)
 
     def grpc_call(index: int) -> str:
         with grpc.insecure_channel(f"127.0.0.1:{ports['grpc']}") as channel:
-            request = halo_pb2.GenerateMeshRequest(hands=[hand(reference_keypoints[index])], resolution=128)
+            request = halo_pb2.GenerateMeshRequest(hands=[hand(hand_keypoints[index])], resolution=128)
             try:
                 response = halo_pb2_grpc.HaloServiceStub(channel).GenerateMesh(request, timeout=300)
             except grpc.RpcError as error:

@@ -7,7 +7,7 @@ import pytest
 import trimesh
 
 from models.grasps.api import SHIPPED_VAE
-from service.client import GrpcClient, RestClient
+from tools.client import GrpcClient, RestClient
 
 PHYSICS_FIELDS = {"sim_displacement_cm", "sim_displacement_worst_cm", "sim_directions_held", "sim_settle_cm", "stable"}
 

@@ -15,7 +15,7 @@ SHIPPED_VAE = REPO_ROOT / "models" / "checkpoints" / "halo_vae.safetensors"
 
 def test_a_healthy_start_logs_nothing_at_warning_level_or_above():
     assert SHIPPED_BASE.is_file() and SHIPPED_VAE.is_file(), "the shipped checkpoints are part of the repository"
-    command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--http-port", "0",
+    command = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--http-port", "0",
                "--grpc-port", "0", "--device", "cpu", "--log-format", "json", "--log-level", "info"]
     process = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     lines: list[str] = []

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli.main import main
 from models.api import SHIPPED_BASE, load_base
 from models.train import calibrate
 from models.weights import card_path
@@ -43,8 +44,8 @@ def test_calibrate_command_rewrites_a_copy_and_refuses_to_shift_twice(rigged_han
     card_path(copy).write_text(json.dumps(card))
     monkeypatch.setattr(calibrate, "LEVELS", np.array([0.45, 0.5, 0.55]))
     monkeypatch.setattr(calibrate.RiggedHand, "from_gltf", lambda path: rigged_hand)
-    args = type("Args", (), {"checkpoint": copy, "poses": 2, "seed": 0, "hand_asset": copy, "cache_dir": None})
-    assert calibrate.run(args) == 0
+    command = ["train", "calibrate", "--checkpoint", str(copy), "--poses", "2", "--seed", "0", "--hand-asset", str(copy)]
+    assert main(command) == 0
     written = json.loads(card_path(copy).read_text())
     assert written["calibration"]["poses"] == 2 and "metrics" not in written
     shifted = load_base(copy).decoder.output_bias
@@ -53,4 +54,4 @@ def test_calibrate_command_rewrites_a_copy_and_refuses_to_shift_twice(rigged_han
         original - shifted, torch.full_like(shifted, written["calibration"]["logit_offset"]), atol=1e-5
     )
     with pytest.raises(SystemExit, match="already calibrated"):
-        calibrate.run(args)
+        main(command)

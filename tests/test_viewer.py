@@ -19,7 +19,7 @@ import pytest
 import trimesh
 
 from models import skeleton
-from service.viewer import CONTENT_SECURITY_POLICY, STATIC_DIR
+from service.rest.viewer import CONTENT_SECURITY_POLICY, STATIC_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"

@@ -23,7 +23,6 @@ keypoints, which forward kinematics of the same pose gives.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -34,12 +33,11 @@ import torch
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from ..geometry import inside_mesh
-from ..grasps.metrics import surface_distance
+from ..geometry import inside_mesh, surface_distance
 from ..grasps.object_input import BPS_POINTS, BPS_RADIUS_M, ObjectGrids, bps_basis, object_grids, object_points
 from ..hand_pose import TABLE_HIGH, TABLE_LOW, angles_from_raw, axis_angle_to_matrix, raw_from_angles
-from .asset import default_cache_dir, fetch_hand_asset
-from .objects import SPLITS, make_object, object_split
+from .asset import fetch_hand_asset
+from .objects import make_object, object_split
 from .rigged_hand import RiggedHand
 
 FINGERS = ("index", "middle", "ring", "pinky")
@@ -256,25 +254,3 @@ def synthesise_dataset(out: Path, objects: int, per_object: int, batch_objects: 
         elapsed = time.perf_counter() - started
         print(f"{shard.name}: {len(owner)}/{len(indices) * per_object} kept in {elapsed:.1f} s "
               f"({len(owner) / elapsed:.2f} grasps/s)", flush=True)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command line: synthesise the grasp data set (resumable)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=default_cache_dir() / "grasps")
-    parser.add_argument("--objects", type=int, default=1250)
-    parser.add_argument("--per-object", type=int, default=32)
-    parser.add_argument("--batch-objects", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=SynthesisConfig.steps)
-    parser.add_argument("--hand-asset", type=Path, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--start", type=int, default=0, help="first object (for a second worker)")
-    parser.add_argument("--split", default="all", choices=("all", *SPLITS),
-                        help="only this split's objects (test: the synthesis-data baseline of halo eval vae)")
-    args = parser.parse_args(argv)
-    synthesise_dataset(args.out, args.objects, args.per_object, args.batch_objects,
-                       SynthesisConfig(steps=args.steps), args.hand_asset, args.seed, args.start, args.split)
-
-
-if __name__ == "__main__":
-    main()

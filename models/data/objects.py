@@ -115,3 +115,14 @@ def make_object(index: int) -> tuple[trimesh.Trimesh, str]:
     mesh.apply_transform(rotation)
     mesh.apply_translation(-mesh.bounds.mean(axis=0))
     return mesh, kind
+
+
+def open_scan(faces: int = 200_000, radius: float = 0.04, seed: int = 3) -> trimesh.Trimesh:
+    """A noisy, open scan of a ball with ``faces`` faces (at most 327,680): a cap cut away and 1 % of the faces
+    missing, vertices jittered by 0.3 mm (the large, broken meshes a 3D scanner exports), metres."""
+    rng = np.random.default_rng(seed)
+    sphere = trimesh.creation.icosphere(subdivisions=7, radius=radius)
+    kept = np.asarray(sphere.triangles_center)[:, 2] < 0.75 * radius
+    kept[rng.choice(np.flatnonzero(kept), len(sphere.faces) // 100, replace=False)] = False
+    vertices = np.asarray(sphere.vertices) + rng.normal(scale=0.0003, size=sphere.vertices.shape)
+    return trimesh.Trimesh(vertices, np.asarray(sphere.faces)[kept][:faces], process=False)

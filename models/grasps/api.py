@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -163,43 +165,50 @@ class HaloVAE:
         ranked = rank == "stability"
         draw = max(int(n), min(RANK_CANDIDATES * int(n), max_candidates, MAX_SAMPLES)) if ranked else int(n)
         timing = dict.fromkeys(("sample_s", "physics_s", "mesh_s", "metrics_s"), 0.0)
-        keypoints, meshes, metrics = self._grasps(obj, draw, int(n), seed, refine, resolution, physics or ranked,
-                                                  ranked, timing)
+        keypoints = self._timed(timing, "sample_s", self.sample_keypoints, obj, draw, seed, refine)
+        results: list[PhysicsResult | None] = [None] * int(n)
+        if ranked:  # the stability of every candidate decides which are meshed
+            keypoints, results = self._timed(timing, "physics_s", self.check_physics, obj, keypoints, int(n))
+        meshes, metrics = self._measured(obj, keypoints, resolution, timing)
         redraws = np.zeros(len(keypoints), dtype=int)
         for attempt in range(1, REPLACEMENT_ROUNDS + 1 if refine else 1):
             failing = [i for i, values in enumerate(metrics) if not is_acceptable(values)]
             if not failing:
                 break
-            fresh = self._grasps(obj, REPLACEMENT_DRAWS * len(failing), REPLACEMENT_DRAWS * len(failing),
-                                 seed + attempt * REPLACEMENT_SEED_STEP, refine, resolution, physics or ranked, ranked, timing)
-            passing = [j for j, values in enumerate(fresh[2]) if is_acceptable(values)]
+            fresh = self._timed(timing, "sample_s", self.sample_keypoints, obj, REPLACEMENT_DRAWS * len(failing),
+                                seed + attempt * REPLACEMENT_SEED_STEP, refine)
+            fresh_meshes, fresh_metrics = self._measured(obj, fresh, resolution, timing)
+            passing = [j for j, values in enumerate(fresh_metrics) if is_acceptable(values)]
             redraws[failing] += REPLACEMENT_DRAWS
             for slot, j in zip(failing, passing, strict=False):
-                keypoints[slot], meshes[slot], metrics[slot] = fresh[0][j], fresh[1][j], fresh[2][j]
-        grasps = [Grasp(keypoints=joints, mesh=mesh, metrics={**values, "refined": bool(refine), "redraws": int(count),
-                                                              "batch_timing": timing})
-                  for joints, mesh, values, count in zip(keypoints, meshes, metrics, redraws, strict=True)]
-        return grasps
+                keypoints[slot], meshes[slot], metrics[slot], results[slot] = fresh[j], fresh_meshes[j], fresh_metrics[j], None
+        if physics or ranked:  # only the grasps returned, and only those not simulated yet
+            unchecked = [i for i, result in enumerate(results) if result is None]
+            if unchecked:
+                _, checked = self._timed(timing, "physics_s", self.check_physics, obj, keypoints[unchecked])
+                for i, result in zip(unchecked, checked, strict=True):
+                    results[i] = result
+            for values, result in zip(metrics, results, strict=True):
+                values.update(result.metrics())
+        order = most_stable(results, len(results)) if ranked else range(len(keypoints))
+        return [Grasp(keypoints=keypoints[i], mesh=meshes[i],
+                      metrics={**metrics[i], "refined": bool(refine), "redraws": int(redraws[i]), "batch_timing": timing})
+                for i in order]
 
-    def _grasps(self, obj: trimesh.Trimesh, draw: int, keep: int, seed: int, refine: bool, resolution: int,
-                physics: bool, ranked: bool, timing: dict[str, float]) -> tuple[np.ndarray, list, list[dict]]:
-        """Prepared object -> ``keep`` of ``draw`` samples (the most stable if ``ranked``): (keep,21,3) keypoints,
-        their meshes and metrics (with the physics fields if ``physics``); adds each stage's seconds to ``timing``."""
+    @staticmethod
+    def _timed(timing: dict[str, float], stage: str, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)``, its seconds added to ``timing[stage]``."""
         started = time.perf_counter()
-        keypoints = self.sample_keypoints(obj, draw, seed, refine)
-        sampled = time.perf_counter()
-        simulated: list[dict] = [{} for _ in range(keep)]
-        if physics:
-            keypoints, results = self.check_physics(obj, keypoints, keep if ranked else None)
-            simulated = [result.metrics() for result in results]
-        checked = time.perf_counter()
-        meshes = self.base.mesh(keypoints, resolution=resolution)
-        meshed = time.perf_counter()
-        metrics = [{**measured, **extra} for measured, extra in zip(grasp_metrics_many(meshes, obj), simulated, strict=True)]
-        for stage, seconds in (("sample_s", sampled - started), ("physics_s", checked - sampled),
-                               ("mesh_s", meshed - checked), ("metrics_s", time.perf_counter() - meshed)):
-            timing[stage] += seconds
-        return keypoints, meshes, metrics
+        try:
+            return function(*args)
+        finally:
+            timing[stage] += time.perf_counter() - started
+
+    def _measured(self, obj: trimesh.Trimesh, keypoints: np.ndarray, resolution: int,
+                  timing: dict[str, float]) -> tuple[list[trimesh.Trimesh], list[dict]]:
+        """Prepared object, (S,21,3) keypoints -> their hand meshes and metrics against the object."""
+        meshes = self._timed(timing, "mesh_s", lambda: self.base.mesh(keypoints, resolution=resolution))
+        return meshes, self._timed(timing, "metrics_s", grasp_metrics_many, meshes, obj)
 
 
 def load_vae(path: str | Path | None = None, base: HaloBase | None = None, device: str | torch.device = "cpu") -> HaloVAE:

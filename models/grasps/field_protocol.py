@@ -64,7 +64,7 @@ from .collision import check_object, convex_pieces
 from .hand_proxy import CAPSULES, MANO_PARENTS
 from .metrics import CONTACT_DISTANCE_M, canonical_keypoints, keypoint_clusters, penetration_volumes, vertex_extremes
 from .parallel import thread_map
-from .physics import _diverged
+from .physics import ARENA_BYTES, _diverged
 
 TIMESTEP_S = 1 / 240
 STEPS = 35
@@ -136,6 +136,7 @@ def build_model(hand: tuple[np.ndarray, ...], obj: tuple[np.ndarray, ...],
     The hand's pieces sit on the world body (static); the object is body 1 with a free joint, 1 kg."""
     spec = mujoco.MjSpec()
     spec.option.timestep = TIMESTEP_S
+    spec.memory = ARENA_BYTES  # as the physics check: ``_diverged`` raises when contacts overflow the arena
     spec.option.iterations = SOLVER_ITERATIONS
     spec.option.gravity = (np.asarray(gravity, dtype=np.float64) / np.linalg.norm(gravity) * GRAVITY_M_S2).tolist()
     contact = {"friction": [combined_friction(), 0.0, 0.0], "condim": 3, "margin": CONTACT_MARGIN_M,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-import igl
 import numpy as np
 import torch
 import trimesh
@@ -21,7 +20,7 @@ from scipy.cluster.vq import kmeans2
 from scipy.spatial import cKDTree
 
 from ..canonical import normalization_matrix, transform_points
-from ..geometry import inside_closed_mesh, inside_solid
+from ..geometry import inside_closed_mesh, inside_solid, signed_distance, surface_distance
 from ..skeleton import MANO_TO_BIOMECH
 from .parallel import available_cores, thread_map
 
@@ -31,20 +30,6 @@ MAX_VOXELS = 150_000
 COARSE_CELL = 4  # voxels per side of the cells that penetration_volume screens first
 VERTEX_CELL_M = 0.012  # side of the cubes of hand vertices that vertex_extremes screens first
 DIVERSITY_CLUSTERS = 20
-
-
-def surface_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
-    """(N,3) points, metres -> (N,) unsigned distance to the surface of ``mesh``, metres."""
-    squared, _, _ = igl.point_mesh_squared_distance(
-        np.ascontiguousarray(points, dtype=np.float64),
-        np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64),
-    )
-    return np.sqrt(squared)
-
-
-def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
-    """(N,3) points, metres -> (N,) distance to the surface of ``mesh``, negative inside (winding number)."""
-    return np.where(inside_solid(mesh, points), -1.0, 1.0) * surface_distance(mesh, points)
 
 
 def _split(values: np.ndarray, pieces: list[np.ndarray]) -> list[np.ndarray]:
@@ -237,6 +222,7 @@ def summarize(metrics: list[dict[str, float | bool]]) -> dict[str, float]:
         "grasps": len(metrics),
         "contact_ratio": float(np.mean([m["contact"] for m in metrics])),
         "mean_penetration_volume_cm3": float(np.mean([m["penetration_volume_cm3"] for m in metrics])),
+        "max_penetration_volume_cm3": float(np.max([m["penetration_volume_cm3"] for m in metrics])),
         "mean_max_penetration_depth_mm": float(np.mean([m["max_penetration_depth_mm"] for m in metrics])),
     }
 

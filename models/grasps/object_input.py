@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 import trimesh
 
-from ..geometry import inside_mesh, inside_solid
-from .metrics import surface_distance
+from ..geometry import inside_mesh, inside_solid, surface_distance
+from ..units import unit_hint
 from .object_repair import ObjectError, prepare
 
 MIN_EXTENT_M, MAX_EXTENT_M = 0.005, 0.5
@@ -49,12 +49,8 @@ def validate_object(mesh: object) -> trimesh.Trimesh:
         raise ObjectError("object: faces index vertices that do not exist")
     extent = float(np.ptp(vertices, axis=0).max())
     if not MIN_EXTENT_M <= extent <= MAX_EXTENT_M:
-        if 1.0 <= extent <= 50.0:
-            hint = "it looks like centimetres: multiply by 0.01"
-        elif 10.0 <= extent <= 500.0:
-            hint = "it looks like millimetres: multiply by 0.001"
-        else:
-            hint = "graspable objects are 0.5-50 cm"
+        scale = unit_hint(extent, (1.0, 50.0), (10.0, 500.0))
+        hint = f"it looks like {scale}" if scale else "graspable objects are 0.5-50 cm"
         raise ObjectError(
             f"object: largest extent is {extent:.4g}, expected {MIN_EXTENT_M}-{MAX_EXTENT_M} m; "
             f"object meshes must be in metres ({hint})"

@@ -74,10 +74,12 @@ GRAVITY_M_S2 = 9.81
 STABLE_CM = 2.0
 AXIS_DIRECTIONS = np.concatenate([np.eye(3), -np.eye(3)])  # (6,3) unit gravity directions
 PALM_JOINTS = (0, 1, 5, 9, 13, 17)  # wrist, thumb CMC, index/middle/ring/pinky MCP (mano order)
-TIME_LIMIT_S = 10.0  # per grasp; a normal one takes 0.02-0.2 s
+TIME_LIMIT_S = 30.0  # per grasp; a normal one takes 0.02-0.2 s on a quiet core
+ARENA_BYTES = 64 * 2**20  # MuJoCo's default (about 13 MB) runs out on objects of many pieces held tightly
 RANK_CANDIDATES = 2  # ranking by stability draws this many samples per grasp it returns
 
 
+OVERFLOW_WARNINGS = (mujoco.mjtWarning.mjWARN_CNSTRFULL, mujoco.mjtWarning.mjWARN_CONTACTFULL)
 DIVERGENCE_WARNINGS = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
                        mujoco.mjtWarning.mjWARN_BADQACC)
 
@@ -174,6 +176,7 @@ def build_model(keypoints: np.ndarray, radii: np.ndarray, pieces: tuple[np.ndarr
     """
     spec = mujoco.MjSpec()
     spec.option.timestep = TIMESTEP_S
+    spec.memory = ARENA_BYTES
     spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
     spec.option.noslip_iterations = NOSLIP_ITERATIONS
     spec.option.gravity = [0.0, 0.0, 0.0]  # the settle has none; ``simulate`` sets it per direction
@@ -194,7 +197,11 @@ def build_model(keypoints: np.ndarray, radii: np.ndarray, pieces: tuple[np.ndarr
 
 
 def _diverged(data: mujoco.MjData) -> bool:
-    """Whether MuJoCo met a NaN or huge value (it then resets the state; such an object counts as dropped)."""
+    """Whether MuJoCo met a NaN or huge value (it then resets the state; such an object counts as dropped).
+
+    Raises RuntimeError if contacts were dropped for want of memory: then there is no verdict to give."""
+    if any(data.warning[kind].number > 0 for kind in OVERFLOW_WARNINGS):
+        raise RuntimeError(f"contacts: more than the simulator's {ARENA_BYTES // 2**20} MB arena holds; no verdict")
     return any(data.warning[kind].number > 0 for kind in DIVERGENCE_WARNINGS)
 
 

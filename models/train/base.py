@@ -9,11 +9,8 @@ annealed. Training state is saved every few minutes and a rerun with the same ru
 
 from __future__ import annotations
 
-import argparse
-import json
-import shlex
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -241,79 +238,26 @@ def train(
     return state
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``halo train base``."""
-    defaults = TrainConfig()
-    parser.add_argument("--time-budget", type=float, default=defaults.time_budget_s / 60, help="minutes of training")
-    parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: time budget only)")
-    parser.add_argument("--hands-per-step", type=int, default=defaults.hands_per_step)
-    parser.add_argument(
-        "--points-per-hand",
-        type=int,
-        default=defaults.labels.uniform_points + defaults.labels.surface_points,
-        help="query points per hand; 1/6 uniform in the box, the rest near the surface",
-    )
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--checkpoint-every", type=float, default=defaults.checkpoint_every_s / 60, help="minutes")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/base"), help="resumable state, curve.png")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUTPUT, help="exported .safetensors (+ .json card)")
-    parser.add_argument(
-        "--hand-asset", type=Path, default=None, help="rigged hand glTF (default: fetch WebXR generic hand)"
-    )
-    parser.add_argument("--cache-dir", type=Path, default=None, help="where the hand asset is downloaded")
-    parser.add_argument(
-        "--init", type=Path, default=None, help="start from these base weights (fine-tuning) instead of random ones"
-    )
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+@dataclass(frozen=True)
+class BaseRun:
+    """One ``halo train base`` run: the training settings, where its state and weights go, how it is logged."""
+
+    config: TrainConfig = field(default_factory=TrainConfig)
+    run_dir: Path = Path("runs/base")
+    out: Path = DEFAULT_OUTPUT
+    hand_asset: Path | None = None  # rigged hand glTF (None: fetch the WebXR generic hand into cache_dir)
+    cache_dir: Path | None = None
+    init: Path | None = None  # start from these base weights instead of random ones
+    threads: int = 0  # torch threads (0: torch's default)
+    progress: bool = True
+    command: str = "halo train base"  # recorded in the model card
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from parsed ``halo train base`` options."""
-    defaults = TrainConfig()
-    uniform = max(1, args.points_per_hand // 6)
-    return replace(
-        defaults,
-        hands_per_step=args.hands_per_step,
-        labels=replace(defaults.labels, uniform_points=uniform, surface_points=args.points_per_hand - uniform),
-        learning_rate=args.lr,
-        time_budget_s=args.time_budget * 60,
-        max_steps=args.max_steps,
-        seed=args.seed,
-        checkpoint_every_s=args.checkpoint_every * 60,
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``halo train base``."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = config_from_args(args)
-    hand = RiggedHand.from_gltf(args.hand_asset or fetch_hand_asset(args.cache_dir))
-    command = shlex.join(["halo", "train", "base", *_options(args)])
-    state = train(config, hand, args.run_dir, args.out, command, progress=not args.no_progress, init=args.init)
-    summary = {"steps": state.step, "wall_time_s": round(state.elapsed_s, 1), "val_point_iou": state.val_iou[-1]}
-    print(json.dumps({"output": str(args.out), **summary}))
-    return 0
-
-
-def _options(args: argparse.Namespace) -> list[str]:
-    """The options that change the trained weights, as command-line words."""
-    return [
-        f"--time-budget={args.time_budget:g}",
-        f"--max-steps={args.max_steps}",
-        f"--hands-per-step={args.hands_per_step}",
-        f"--points-per-hand={args.points_per_hand}",
-        f"--lr={args.lr:g}",
-        f"--seed={args.seed}",
-        *(["--init=INIT"] if args.init else []),
-    ]
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``base`` under a ``train`` sub-command group; the handler is ``args.func``."""
-    parser = subparsers.add_parser("base", help="train the base occupancy model on synthetic hands")
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
+def run(job: BaseRun) -> dict:
+    """Train as ``job`` says; -> summary (output, steps, wall time, validation point IoU)."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    hand = RiggedHand.from_gltf(job.hand_asset or fetch_hand_asset(job.cache_dir))
+    state = train(job.config, hand, job.run_dir, job.out, job.command, progress=job.progress, init=job.init)
+    return {"output": str(job.out), "steps": state.step, "wall_time_s": round(state.elapsed_s, 1),
+            "val_point_iou": state.val_iou[-1]}

@@ -10,8 +10,6 @@ so p' >= 0.5 exactly where p >= t.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 import trimesh
 
-from ..api import SHIPPED_BASE, HaloBase, load_base
+from ..api import HaloBase, load_base
 from ..data.asset import fetch_hand_asset
 from ..data.poses import sample_poses, split_rng
 from ..data.rigged_hand import RiggedHand
@@ -63,30 +61,18 @@ def calibrate(base: HaloBase, hand: RiggedHand, poses: int = 64, seed: int = 0) 
     }
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``calibrate`` under the ``train`` sub-command group; the handler is ``args.func``."""
-    parser = subparsers.add_parser("calibrate", help="fold the best validation decision level into a base checkpoint")
-    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_BASE, help="our .safetensors, rewritten in place")
-    parser.add_argument("--poses", type=int, default=64, help="validation poses")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hand-asset", type=Path, default=None, help="rigged hand glTF (default: WebXR generic hand)")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="where the hand asset is downloaded")
-    parser.set_defaults(func=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``halo train calibrate``."""
-    base = load_base(args.checkpoint)
+def calibrate_checkpoint(checkpoint: Path, poses: int = 64, seed: int = 0, hand_asset: Path | None = None,
+                         cache_dir: Path | None = None) -> dict:
+    """Calibrate the base checkpoint at ``checkpoint`` in place on ``poses`` validation hands; -> the record."""
+    base = load_base(checkpoint)
     if "calibration" in base.card:
-        raise SystemExit(f"checkpoint: {args.checkpoint} is already calibrated ({base.card['calibration']})")
-    hand = RiggedHand.from_gltf(args.hand_asset or fetch_hand_asset(args.cache_dir))
-    record = calibrate(base, hand, args.poses, args.seed)
-    record["command"] = f"halo train calibrate --checkpoint CHECKPOINT --poses {args.poses} --seed {args.seed}"
+        raise SystemExit(f"checkpoint: {checkpoint} is already calibrated ({base.card['calibration']})")
+    hand = RiggedHand.from_gltf(hand_asset or fetch_hand_asset(cache_dir))
+    record = calibrate(base, hand, poses, seed)
+    record["command"] = f"halo train calibrate --checkpoint CHECKPOINT --poses {poses} --seed {seed}"
     # Metrics measured before the shift no longer describe these weights: ``halo eval base`` rewrites them.
     card = {
         key: value for key, value in base.card.items() if key not in ("sha256", "path", "device", "weights", "metrics")
     }
-    save_decoder(base.decoder, args.checkpoint, {**card, "calibration": record})
-    print(json.dumps(record))
-    return 0
+    save_decoder(base.decoder, checkpoint, {**card, "calibration": record})
+    return record

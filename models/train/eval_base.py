@@ -14,12 +14,11 @@ in ``reference.npz`` (reported, not a target: the two models learnt different ha
 
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing
 import pickle
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -233,62 +232,49 @@ def write_preview(base: HaloBase, hand: RiggedHand, reference_dir: Path, path: P
     render_hands(base.mesh(keypoints, resolution=resolution), keypoints, titles, path)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``halo eval base``."""
-    parser.add_argument("--checkpoint", type=Path, default=None, help="base checkpoint (default: the shipped one)")
-    parser.add_argument("--poses", type=int, default=200, help="held-out synthetic poses")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out (test split) poses")
-    parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--reference-dir", type=Path, default=DEFAULT_REFERENCE_DIR, help="HALO reference folder")
-    parser.add_argument(
-        "--hand-asset", type=Path, default=None, help="rigged hand glTF (default: fetch WebXR generic hand)"
-    )
-    parser.add_argument("--cache-dir", type=Path, default=None, help="where the hand asset is downloaded")
-    parser.add_argument("--write-card", action="store_true", help="store the metrics in the checkpoint's model card")
-    parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this file")
-    parser.add_argument("--preview", type=Path, default=None, help="also render a PNG of a few meshes")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads of the main process (0: default)")
-    parser.add_argument("--workers", type=int, default=2, help="processes (one thread each) for the synthetic poses")
+@dataclass(frozen=True)
+class EvalBaseConfig:
+    """One ``halo eval base`` run."""
+
+    checkpoint: Path | None = None  # None: the shipped base checkpoint
+    poses: int = 200  # held-out synthetic poses
+    seed: int = 0  # seed of the held-out (test split) poses
+    resolution: int = 128
+    reference_dir: Path = DEFAULT_REFERENCE_DIR
+    hand_asset: Path | None = None  # rigged hand glTF (None: fetch the WebXR generic hand into cache_dir)
+    cache_dir: Path | None = None
+    write_card: bool = False  # store the metrics in the checkpoint's model card
+    preview: Path | None = None  # also render a PNG of a few meshes
+    threads: int = 0  # torch threads of the main process (0: default)
+    workers: int = 2  # processes (one thread each) for the synthetic poses
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``halo eval base``."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    base = load_base(args.checkpoint)
-    asset = args.hand_asset or fetch_hand_asset(args.cache_dir)
+def run(config: EvalBaseConfig) -> dict:
+    """Evaluate as ``config`` says; -> the metrics (synthetic, real if the reference folder is there)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    base = load_base(config.checkpoint)
+    asset = config.hand_asset or fetch_hand_asset(config.cache_dir)
     hand = RiggedHand.from_gltf(asset)
-    if args.preview is not None:
-        write_preview(base, hand, args.reference_dir, args.preview, args.resolution)
+    if config.preview is not None:
+        write_preview(base, hand, config.reference_dir, config.preview, config.resolution)
     started = time.perf_counter()
     # Worker processes take the synthetic poses in shards while this one meshes the real frames.
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.workers, mp_context=spawn) as pool:
+    with ProcessPoolExecutor(config.workers, mp_context=spawn) as pool:
         shards = [
-            pool.submit(
-                _synthetic_shard, args.checkpoint, asset, args.poses, args.seed, args.resolution, (k, args.workers)
-            )
-            for k in range(args.workers)
+            pool.submit(_synthetic_shard, config.checkpoint, asset, config.poses, config.seed, config.resolution,
+                        (k, config.workers))
+            for k in range(config.workers)
         ]
-        real = evaluate_real(base, args.reference_dir, args.resolution)
+        real = evaluate_real(base, config.reference_dir, config.resolution)
         rows = [row for shard in shards for row in shard.result()]
-    metrics: dict = {"synthetic": summarize_synthetic(rows, args.seed, args.resolution)}
+    metrics: dict = {"synthetic": summarize_synthetic(rows, config.seed, config.resolution)}
     if real is not None:
         metrics["real_kps_seq"] = real
-    metrics["eval_command"] = f"halo eval base --poses {args.poses} --seed {args.seed} --resolution {args.resolution}"
+    metrics["eval_command"] = (f"halo eval base --poses {config.poses} --seed {config.seed}"
+                               f" --resolution {config.resolution}")
     metrics["eval_wall_time_s"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(metrics, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
-    if args.write_card:
-        update_card(args.checkpoint or SHIPPED_BASE, metrics=metrics)
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``base`` under an ``eval`` sub-command group; the handler is ``args.func``."""
-    parser = subparsers.add_parser("base", help="evaluate a base checkpoint (synthetic held-out + real keypoints)")
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
+    if config.write_card:
+        update_card(config.checkpoint or SHIPPED_BASE, metrics=metrics)
+    return metrics

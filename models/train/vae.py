@@ -13,7 +13,6 @@ Loss per batch (keypoints in metres, reported in cm):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -25,7 +24,7 @@ import torch
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from ..api import load_base
+from ..api import HaloBase, load_base
 from ..data.asset import fetch_hand_asset
 from ..data.objects import make_object
 from ..data.rigged_hand import RiggedHand
@@ -196,16 +195,8 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
     and the final safetensors + card to ``out``."""
     torch.manual_seed(config.seed)
     data = load_grasp_data(data_dir)
-    init_card = None
-    if init is not None:
-        model, init_card = load_vae_weights(init)
-        model.train()
-    else:
-        model = GraspVAE(vae_config, RiggedHand.from_gltf(hand_asset or fetch_hand_asset()).skeleton)
+    model, init_card = _initial_model(data_dir, vae_config, init, hand_asset)
     vae_config = model.config
-    synthesis = json.loads((data_dir / "config.json").read_text())
-    if (synthesis["bps_points"], synthesis["bps_radius_m"]) != (vae_config.bps_points, vae_config.bps_radius_m):
-        raise ValueError("data: the data set's BPS settings differ from the model's; re-run the synthesis")
     basis = bps_basis(vae_config.bps_points, vae_config.bps_radius_m, vae_config.bps_seed)
     train, val = data.subset("train"), data.subset("val")
     train = augment_rotations(train, config.rotations, basis, config.seed)
@@ -250,7 +241,30 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
                         "history": history, "elapsed": time.perf_counter() - started}, state_path)
     bar.close()
     plot_curves(history, run_dir / "vae_curves.png")
-    card = {
+    wall_time_s = round(time.perf_counter() - started, 1)
+    card = _model_card(command, data, train, val, config, step, wall_time_s, history, init_card, base)
+    return save_vae(model.eval(), out, card)
+
+def _initial_model(data_dir: Path, vae_config: VAEConfig | None, init: Path | None,
+                   hand_asset: Path | None) -> tuple[GraspVAE, dict | None]:
+    """-> (the model to train: ``init``'s weights or a fresh one on the rigged hand's skeleton, ``init``'s card);
+    refuses a data set synthesised with other BPS settings than the model's."""
+    init_card = None
+    if init is not None:
+        model, init_card = load_vae_weights(init)
+        model.train()
+    else:
+        model = GraspVAE(vae_config, RiggedHand.from_gltf(hand_asset or fetch_hand_asset()).skeleton)
+    synthesis = json.loads((data_dir / "config.json").read_text())
+    if (synthesis["bps_points"], synthesis["bps_radius_m"]) != (model.config.bps_points, model.config.bps_radius_m):
+        raise ValueError("data: the data set's BPS settings differ from the model's; re-run the synthesis")
+    return model, init_card
+
+
+def _model_card(command: str, data: GraspData, train: GraspData, val: GraspData, config: TrainConfig, step: int,
+                wall_time_s: float, history: list[dict], init_card: dict | None, base: HaloBase | None) -> dict:
+    """The trained VAE's model card: data, training settings and provenance, final losses."""
+    return {
         "name": "halo-vae",
         "source": "trained by this project on grasps it synthesised (models.data.grasp_synthesis)",
         "command": command,
@@ -258,7 +272,7 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
                  "train_objects": len(np.unique(train.object_index)), "rotated_copies": config.rotations,
                  "val_objects": len(val.object_index),
                  "synthesis_attempts": data.attempts, "synthesis_seconds": round(data.seconds, 1)},
-        "training": {**asdict(config), "steps_done": step, "wall_time_s": round(time.perf_counter() - started, 1),
+        "training": {**asdict(config), "steps_done": step, "wall_time_s": wall_time_s,
                      "halo_terms": base is not None,
                      "initialised_from": None if init_card is None else {
                          "name": init_card.get("name"), "sha256": init_card.get("sha256"),
@@ -269,57 +283,3 @@ def train_vae(data_dir: Path, run_dir: Path, out: Path, config: TrainConfig, bas
         "final_losses": {h["split"]: {k: round(v, 4) for k, v in h.items() if k not in ("step", "split")}
                          for h in history[-3:]},
     }
-    return save_vae(model.eval(), out, card)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``halo train vae``."""
-    parser.add_argument("--data", type=Path, required=True, help="folder of shard_*.npz from grasp synthesis")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/vae"))
-    parser.add_argument("--out", type=Path, default=Path("models/checkpoints/halo_vae.safetensors"))
-    parser.add_argument("--base-checkpoint", type=Path, default=None,
-                        help="frozen base model for the HALO loss terms (omit to train without them)")
-    parser.add_argument("--init", type=Path, default=None,
-                        help="start from these VAE weights (fine-tuning) instead of a random initialisation")
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
-    parser.add_argument("--batch", type=int, default=TrainConfig.batch)
-    parser.add_argument("--time-budget", type=float, default=0.0, help="minutes")
-    parser.add_argument("--rotations", type=int, default=TrainConfig.rotations,
-                        help="rotated copies of each training object (augmentation)")
-    parser.add_argument("--checkpoint-every", type=int, default=250)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Train with parsed options and print the model card."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = TrainConfig(steps=args.steps, batch=args.batch, learning_rate=args.learning_rate,
-                         time_budget_min=args.time_budget, rotations=args.rotations)
-    command = (f"halo train vae --data DATA --steps {args.steps} --batch {args.batch} --rotations {args.rotations}"
-               f" --learning-rate {args.learning_rate} --time-budget {args.time_budget}"
-               + (" --base-checkpoint BASE" if args.base_checkpoint else "") + (" --init VAE" if args.init else ""))
-    card = train_vae(args.data, args.run_dir, args.out, config, args.base_checkpoint,
-                     checkpoint_every=args.checkpoint_every, command=command, init=args.init)
-    print(json.dumps(card, indent=2))
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``vae`` under a ``train`` sub-command group; the handler is ``args.func``."""
-    parser = subparsers.add_parser("vae", help="train the HALO-VAE on synthesised grasps")
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m models.train.vae``: same options as ``halo train vae``."""
-    parser = argparse.ArgumentParser(prog="halo train vae", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

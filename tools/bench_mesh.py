@@ -8,24 +8,38 @@ resolution 128 is 0.595, so a speed-up over it is 0.595 / ratio.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import models
-from service.codecs import read_array
+from models.assets import sample_hand
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO.parent / "shared" / "halo_reference"
-SAMPLE = REPO / "models" / "assets" / "sample_keypoints.json"
 ORIGINAL_RATIO_128 = 0.595  # ../shared/bench/README.md
 ORIGINAL_SECONDS_512 = 21.1  # ../shared/halo_reference/timing.json, 64/3 (calibration 1.08 s in that run)
 ORIGINAL_CALIBRATION_S = 1.08
+
+
+@dataclass(frozen=True)
+class MeshBench:
+    """What ``halo bench mesh`` times: resolutions x batch sizes, ``repeats`` times each."""
+
+    keypoints: np.ndarray | None = None  # (K,21,3) hands; None: the reference frames if present, else the sample hand
+    keypoints_source: str = ""
+    checkpoint: str | None = None
+    device: str = "cpu"
+    resolutions: tuple[int, ...] = (128, 512)
+    batches: tuple[int, ...] = (1, 8, 32)
+    repeats: int = 5
+    threads: int = 2
+    json_path: Path | None = None
 
 
 def calibration_seconds(iterations: int = 200, threads: int = 2) -> float:
@@ -40,36 +54,35 @@ def calibration_seconds(iterations: int = 200, threads: int = 2) -> float:
     return time.perf_counter() - start
 
 
-def _keypoints(path: str | None) -> tuple[np.ndarray, str]:
-    """-> ((K,21,3) keypoints, where they came from): the reference frames 0..140 if present."""
-    if path:
-        array = read_array(Path(path), "keypoints")
-        return array.reshape(-1, 21, 3), path
+def _keypoints(bench: MeshBench) -> tuple[np.ndarray, str]:
+    """-> ((K,21,3) keypoints, where they came from): the given ones, else the reference frames 0..140 if present."""
+    if bench.keypoints is not None:
+        return bench.keypoints.reshape(-1, 21, 3), bench.keypoints_source
     reference = REFERENCE / "reference.npz"
     if reference.is_file():
         frames = np.load(reference)["keypoints_mano_m"][:15]
         return frames.astype(np.float64), "halo_reference frames 0..140"
-    sample = json.loads(SAMPLE.read_text())["keypoints"]
+    sample = sample_hand()["keypoints"]
     return np.asarray(sample, dtype=np.float64)[None], "sample hand"
 
 
-def run_mesh_benchmark(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
-    checkpoint = args.checkpoint
+def run_mesh_benchmark(bench: MeshBench) -> int:
+    torch.set_num_threads(bench.threads)
+    checkpoint = bench.checkpoint
     if checkpoint is None and (REFERENCE / "model_best.pt").is_file():
         checkpoint = str(REFERENCE / "model_best.pt")  # the model the original's timings were measured on
-    base = models.load_base(checkpoint, device=args.device)
-    keypoints, source = _keypoints(args.keypoints)
+    base = models.load_base(checkpoint, device=bench.device)
+    keypoints, source = _keypoints(bench)
     print(f"model {base.card['name']} ({base.card['sha256'][:12]}) on {base.device}, keypoints: {source}, "
-          f"torch threads {args.threads}")
+          f"torch threads {bench.threads}")
     base.mesh(keypoints[0], resolution=64)  # warm-up
     results = []
-    for resolution in [int(r) for r in args.resolutions.split(",")]:
-        for batch in [int(b) for b in args.batches.split(",")]:
+    for resolution in bench.resolutions:
+        for batch in bench.batches:
             ratios, per_mesh, calibrations, points = [], [], [], []
-            for repeat in range(args.repeats):
+            for repeat in range(bench.repeats):
                 hands = keypoints[(np.arange(batch) + repeat * batch) % len(keypoints)]
-                calibration = min(calibration_seconds(threads=args.threads) for _ in range(2))
+                calibration = min(calibration_seconds(threads=bench.threads) for _ in range(2))
                 started = time.perf_counter()
                 _, stats = base.mesh_with_stats(hands, resolution=resolution)
                 seconds = (time.perf_counter() - started) / batch
@@ -100,8 +113,8 @@ def run_mesh_benchmark(args: argparse.Namespace) -> int:
                 f"(calibration {row['calibration_s']:.3f} s), {row['points_per_mesh']:.0f} points/mesh{speedup}",
                 flush=True,
             )
-    if args.json:
-        Path(args.json).write_text(
+    if bench.json_path:
+        bench.json_path.write_text(
             json.dumps(
                 {"model": base.card["name"], "device": str(base.device), "keypoints": source, "rows": results},
                 indent=2,

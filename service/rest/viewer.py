@@ -8,8 +8,8 @@ vendored under ``static/vendor/three``), and its Content-Security-Policy allows 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import get_args
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -17,7 +17,8 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.staticfiles import StaticFiles
 
 from models import skeleton
-from service.engine import SAMPLE_KEYPOINTS
+from models.assets import sample_hand
+from service.rest.schemas import JointOrderName
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PAGE = STATIC_DIR / "index.html"
@@ -33,8 +34,8 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-# The page's choices of joint order: the canonical ones plus the aliases users know them by.
-JOINT_ORDER_CHOICES = ("mano", "mediapipe", "openpose", "biomech", "halo")
+# The page's choices of joint order: those the API takes (the canonical ones and their aliases).
+JOINT_ORDER_CHOICES = get_args(JointOrderName)
 
 
 def viewer_config(request: Request) -> dict:
@@ -48,7 +49,7 @@ def viewer_config(request: Request) -> dict:
         "default_grasp_samples": settings.default_grasp_samples,
         "max_upload_bytes": settings.max_upload_bytes,
         "joint_orders": {name: skeleton.bones(name).tolist() for name in JOINT_ORDER_CHOICES},
-        "sample": json.loads(SAMPLE_KEYPOINTS.read_text()),
+        "sample": sample_hand(),
     }
 
 

@@ -1,0 +1,1 @@
+"""The ``halo`` command line (``cli.main``): flags in, the library's config objects out."""
