@@ -18,7 +18,7 @@ from models.data import grasp_synthesis
 from models.data.asset import default_cache_dir
 from models.data.objects import SPLITS
 from models.train import base, calibrate, eval_base, eval_vae, vae
-from models.train.eval_vae import format_table
+from models.train.eval_vae import format_field_table, format_table
 
 
 def run_train_base(args: argparse.Namespace) -> int:
@@ -88,12 +88,12 @@ def run_eval_base(args: argparse.Namespace) -> int:
 def run_eval_vae(args: argparse.Namespace) -> int:
     real = read_keypoint_sequence(Path(args.real_keypoints)) if args.real_keypoints else None
     fields = ("checkpoint", "base_checkpoint", "device", "resolution", "seed", "objects", "samples", "physics",
-              "write_card", "object_set")
+              "write_card", "object_set", "protocol", "raw")
     result = eval_vae.run(eval_vae.EvalVAEConfig(
         **{name: getattr(args, name) for name in fields}, data=args.data and Path(args.data), real_keypoints=real,
         preview=args.preview and Path(args.preview),
     ))
-    print(format_table(result))
+    print(format_field_table(result) if args.protocol == "field" else format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
@@ -197,6 +197,9 @@ def _add_eval_base(evaluate: argparse._SubParsersAction) -> None:
 def _add_eval_vae(evaluate: argparse._SubParsersAction) -> None:
     parser = evaluate.add_parser("vae", help="grasp metrics on held-out test objects, with baselines")
     parser.add_argument("--data", default=None, help="grasp data folder (adds the synthesis-data baseline)")
+    parser.add_argument("--protocol", default="default", choices=("default", "field"),
+                        help="field: GraspTTA / HALO / GrabNet metrics (simulation displacement, 1 mm penetration, "
+                        "HALO's diversity), stored under field_protocol in the card's evaluation")
     parser.add_argument("--objects", type=int, default=10, help="number of test objects")
     parser.add_argument("--object-set", choices=("procedural", "real"), default="procedural",
                         help="procedural test objects, or every mesh of the real-object set (models/assets/objects)")
@@ -207,6 +210,8 @@ def _add_eval_vae(evaluate: argparse._SubParsersAction) -> None:
     parser.add_argument("--write-card", action="store_true", help="store the results in the VAE's model card")
     parser.add_argument("--physics", action=argparse.BooleanOptionalAction, default=True,
                         help="MuJoCo physics check of every grasp: stable share, displacement, a ranked row")
+    parser.add_argument("--raw", action=argparse.BooleanOptionalAction, default=True,
+                        help="--protocol field: also score the raw (unrefined) samples")
     parser.add_argument("--preview", default=None, help=f"also render {eval_vae.PREVIEW_GRASPS} grasps on each of the "
                         f"first {eval_vae.PREVIEW_OBJECTS} test objects to this PNG")
     add_grasp_model(parser)

@@ -37,13 +37,16 @@ def _split(values: np.ndarray, pieces: list[np.ndarray]) -> list[np.ndarray]:
     return np.split(values, np.cumsum([len(piece) for piece in pieces])[:-1])
 
 
-def _voxel_grid(hand: trimesh.Trimesh, obj: trimesh.Trimesh) -> tuple[np.ndarray, float, np.ndarray] | None:
-    """Voxel grid over the overlap of the boxes -> (low corner, voxel size, voxels per axis), None if disjoint."""
+def _voxel_grid(hand: trimesh.Trimesh, obj: trimesh.Trimesh, voxel_m: float = VOXEL_M,
+                max_voxels: float = MAX_VOXELS) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """Voxel grid over the overlap of the boxes -> (low corner, voxel size, voxels per axis), None if disjoint.
+
+    Voxels of ``voxel_m``, coarser where the overlap would need more than ``max_voxels`` of them."""
     low = np.maximum(hand.bounds[0], obj.bounds[0])
     high = np.minimum(hand.bounds[1], obj.bounds[1])
     if np.any(high <= low):
         return None
-    voxel = max(VOXEL_M, float(np.cbrt(np.prod(high - low) / MAX_VOXELS)))
+    voxel = max(voxel_m, float(np.cbrt(np.prod(high - low) / max_voxels)))
     counts = np.array([len(np.arange(lo + voxel / 2, hi, voxel)) for lo, hi in zip(low, high, strict=True)])
     return low, voxel, counts
 
@@ -70,9 +73,9 @@ class _Cells:
         return self.low + (index + 0.5) * self.voxel, (index < self.counts).all(-1)
 
 
-def _cells(hand: trimesh.Trimesh, obj: trimesh.Trimesh) -> _Cells | None:
+def _cells(hand: trimesh.Trimesh, obj: trimesh.Trimesh, voxel_m: float, max_voxels: float) -> _Cells | None:
     """The cells of the voxel grid over the overlap of the hand's and the object's boxes, None if they do not overlap."""
-    grid = _voxel_grid(hand, obj)
+    grid = _voxel_grid(hand, obj, voxel_m, max_voxels)
     if grid is None:
         return None
     low, voxel, counts = grid
@@ -81,9 +84,10 @@ def _cells(hand: trimesh.Trimesh, obj: trimesh.Trimesh) -> _Cells | None:
     return _Cells(low, voxel, counts, index, low + (index + 0.5) * voxel * COARSE_CELL)
 
 
-def penetration_volumes(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh) -> list[float]:
-    """Volume inside both meshes per hand, cm3, counted on a grid of 1.5 mm (or coarser) voxels over the
-    overlap of the hand's and the object's boxes.
+def penetration_volumes(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh, voxel_m: float = VOXEL_M,
+                        max_voxels: float = MAX_VOXELS) -> list[float]:
+    """Volume inside both meshes per hand, cm3, counted on a grid of ``voxel_m`` voxels (1.5 mm; coarser
+    where the overlap of the hand's and the object's boxes would need more than ``max_voxels``).
 
     Exact for that grid, but fast: the voxels are grouped into cells of COARSE_CELL^3 voxels and each
     mesh is asked about a cell's centre first. Signed distances are 1-Lipschitz, so a cell whose centre
@@ -92,7 +96,7 @@ def penetration_volumes(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh) -> l
     the hand is judged from its vertices (a surface point is within the longest edge of a vertex). The
     object is asked about every hand's points in one call; each hand by crossing parity, once.
     """
-    grids = [_cells(hand, obj) for hand in hands]
+    grids = [_cells(hand, obj, voxel_m, max_voxels) for hand in hands]
     centres = [grid.centre if grid is not None else np.zeros((0, 3)) for grid in grids]
     object_distance = _split(signed_distance(obj, np.concatenate(centres)), centres)
     in_hand, deep_in_object = [], []
@@ -230,8 +234,10 @@ def canonical_keypoints(keypoints: np.ndarray) -> np.ndarray:
     return transform_points(matrix, joints).numpy()
 
 
-def cluster_diversity(keypoints: np.ndarray, clusters: int = DIVERSITY_CLUSTERS, seed: int = 0) -> dict[str, float]:
-    """(S,21,3) keypoints, metres -> k-means entropy (nats) and mean cluster size (cm, per-joint distance to the centroid)."""
+def keypoint_clusters(keypoints: np.ndarray, clusters: int = DIVERSITY_CLUSTERS,
+                      seed: int = 0) -> tuple[np.ndarray, float]:
+    """(S,21,3) keypoints, metres -> (S,21,3) offset of each from its k-means code (63-d features, cm) and the
+    entropy of the cluster histogram (nats)."""
     features = (keypoints.reshape(len(keypoints), -1) * 100).astype(np.float64)
     clusters = min(clusters, len(features))
     with warnings.catch_warnings():  # repeated samples leave some clusters empty: that is the point
@@ -240,10 +246,15 @@ def cluster_diversity(keypoints: np.ndarray, clusters: int = DIVERSITY_CLUSTERS,
     counts = np.bincount(labels, minlength=clusters)
     probabilities = counts[counts > 0] / len(labels)
     offsets = (features - centroids[labels]).reshape(len(features), -1, 3)
-    spread = np.linalg.norm(offsets, axis=-1).mean(axis=1)
+    return offsets, float(-(probabilities * np.log(probabilities)).sum())
+
+
+def cluster_diversity(keypoints: np.ndarray, clusters: int = DIVERSITY_CLUSTERS, seed: int = 0) -> dict[str, float]:
+    """(S,21,3) keypoints, metres -> k-means entropy (nats) and mean cluster size (cm, per-joint distance to the centroid)."""
+    offsets, entropy = keypoint_clusters(keypoints, clusters, seed)
     return {
-        "cluster_entropy": float(-(probabilities * np.log(probabilities)).sum()),
-        "mean_cluster_size_cm": float(spread.mean()),
+        "cluster_entropy": entropy,
+        "mean_cluster_size_cm": float(np.linalg.norm(offsets, axis=-1).mean()),
     }
 
 

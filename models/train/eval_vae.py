@@ -15,10 +15,16 @@ ranked by stability", draws twice the samples and keeps the most stable half (wh
 serves). The first row, "served", is exactly what ``vae.sample`` returns by default: refined samples
 whose outliers (no contact, or over 5 cm3 of penetration) were replaced by fresh ones (``redraws``).
 The objects are procedural test objects by number, or any meshes (``objects``, e.g. the real-object set).
+
+``evaluate_vae_field`` (``--protocol field``) scores the same grasps on the field's protocol instead
+(``grasps.field_protocol``: the simulation displacement of GraspTTA / HALO / GrabNet, penetration on 1 mm
+voxels, max depth in cm, contact ratio and HALO's 63-d k-means diversity), with our 6-direction stable
+share beside it; the card keeps it under ``field_protocol`` beside the default protocol's entries.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +35,7 @@ import trimesh
 from ..api import load_base
 from ..data.objects import make_object, split_indices
 from ..data.real_objects import load_real_objects
+from ..grasps import field_protocol
 from ..grasps.api import SHIPPED_VAE, HaloVAE, load_vae
 from ..grasps.hand_object import RefineConfig
 from ..grasps.metrics import (
@@ -39,14 +46,13 @@ from ..grasps.metrics import (
     summarize,
 )
 from ..grasps.object_input import prepare_object
-from ..grasps.physics import RANK_CANDIDATES, PhysicsResult
+from ..grasps.physics import RANK_CANDIDATES, PhysicsResult, check_grasps
 from ..grasps.preview import render_grasps
 from ..plausibility import plausible_share
-from ..weights import update_card
+from ..weights import card_path, update_card
 from .vae import load_grasp_data
 
 PREVIEW_OBJECTS, PREVIEW_GRASPS = 3, 4  # the preview: test objects, refined grasps each
-
 
 
 def physics_summary(results: list[PhysicsResult]) -> dict[str, float]:
@@ -169,6 +175,61 @@ def format_table(result: dict) -> str:
         lines.append(f"\nreal hand keypoints: {real['plausible_share']:.3f} plausible ({real['hands']} hands)")
     return "\n".join(lines)
 
+
+FIELD_COLUMNS = (
+    ("simulation_displacement_mean_cm", "sim. displ. cm (mean)", "{:.2f}"),
+    ("simulation_displacement_std_cm", "(std)", "{:.2f}"),
+    ("max_penetration_depth_cm", "max depth cm", "{:.2f}"),
+    ("penetration_volume_cm3", "pen. volume cm3 (1 mm)", "{:.2f}"),
+    ("contact_ratio", "contact ratio", "{:.2f}"),
+    ("entropy", "entropy", "{:.2f}"),
+    ("cluster_size_cm", "cluster size cm", "{:.2f}"),
+    ("stable_share", "ours: stable (6 dir.)", "{:.3f}"),
+    ("grasps", "grasps", "{}"),
+)
+
+
+def evaluate_vae_field(vae: HaloVAE, object_indices: list[int], samples: int = 20, resolution: int = 128,
+                       data_keypoints: dict[int, np.ndarray] | None = None, seed: int = 0, raw: bool = True,
+                       objects: list[trimesh.Trimesh] | None = None) -> dict:
+    """Test object numbers (or the meshes ``objects``) -> {"rows": [refined, (raw,) (synthesis data)], "seconds": ...}
+    on the field's protocol, each row with our 6-direction stable share beside it."""
+    objects = [prepare_object(obj) for obj in objects] if objects is not None else [
+        make_object(index)[0] for index in object_indices]
+    draws = {"vae + refinement": [vae.sample_keypoints(obj, samples, seed + i, True) for i, obj in enumerate(objects)]}
+    if raw:
+        draws["vae, raw samples"] = [vae.sample_keypoints(obj, samples, seed + i, False) for i, obj in enumerate(objects)]
+    if data_keypoints:
+        have = [i for i, index in enumerate(object_indices) if len(data_keypoints.get(index, [])) >= 2]
+        draws["synthesis data"] = [data_keypoints[object_indices[i]][:samples].astype(np.float64) if i in have
+                                   else np.zeros((0, 21, 3)) for i in range(len(objects))]
+    rows, seconds = [], {}
+    radii = vae.proxy.radii.numpy()
+    for name, keypoints in draws.items():
+        started = time.perf_counter()
+        grasps, stable = [], []
+        for obj, hands in zip(objects, keypoints, strict=True):
+            if len(hands) == 0:
+                continue
+            grasps += field_protocol.field_grasps(vae.base.mesh(hands, resolution=resolution), hands, obj)
+            stable += [result.stable for result in check_grasps(hands, radii, obj)]
+        seconds[name] = time.perf_counter() - started
+        pooled = np.concatenate([hands for hands in keypoints if len(hands)])
+        rows.append({"method": name, **field_protocol.summarize_field(grasps, pooled),
+                     "stable_share": float(np.mean(stable))})
+    return {"protocol": "field", "objects": len(objects), "samples_per_object": samples, "resolution": resolution,
+            "gravity_direction": field_protocol.GRAVITY_DIRECTION.tolist(), "rows": rows, "seconds": seconds}
+
+
+def format_field_table(result: dict) -> str:
+    """Field-protocol evaluation result -> a Markdown table."""
+    lines = ["| method | " + " | ".join(title for _, title, _ in FIELD_COLUMNS) + " |",
+             "|---|" + "---|" * len(FIELD_COLUMNS)]
+    for row in result["rows"]:
+        lines.append(f"| {row['method']} | " + " | ".join(fmt.format(row[key]) for key, _, fmt in FIELD_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class EvalVAEConfig:
     """One ``halo eval vae`` run."""
@@ -186,6 +247,8 @@ class EvalVAEConfig:
     write_card: bool = False  # store the results in the VAE's model card
     preview: Path | None = None  # also render PREVIEW_GRASPS grasps on each of the first PREVIEW_OBJECTS objects
     object_set: str = "procedural"  # or "real": every mesh of the real-object set (models.data.real_objects)
+    protocol: str = "default"  # or "field": the field's table (grasps.field_protocol), stored as field_protocol
+    raw: bool = True  # protocol "field": also score the raw (unrefined) samples
 
 
 def run(config: EvalVAEConfig) -> dict:
@@ -203,23 +266,45 @@ def run(config: EvalVAEConfig) -> dict:
     if config.object_set == "real":
         named = load_real_objects()
         indices, data_keypoints, meshes = list(named), {}, list(named.values())
-    result = evaluate_vae(vae, indices, config.samples, config.resolution, data_keypoints, config.seed,
-                          config.real_keypoints, config.physics, meshes)
+    if config.protocol == "field":
+        result = evaluate_vae_field(vae, indices, config.samples, config.resolution, data_keypoints, config.seed,
+                                    config.raw, meshes)
+    else:
+        result = evaluate_vae(vae, indices, config.samples, config.resolution, data_keypoints, config.seed,
+                              config.real_keypoints, config.physics, meshes)
     result["vae"] = {"name": vae.card.get("name"), "sha256": vae.card.get("sha256")}
     result["base"] = {"name": vae.base.card.get("name"), "sha256": vae.base.card.get("sha256")}
     result["object_indices"] = indices
     result["refinement"] = asdict(RefineConfig())
-    result["eval_command"] = (f"halo eval vae --object-set {config.object_set}{' --data DATA' if config.data else ''}"
-                              f" --objects {config.objects}"
-                              f" --samples {config.samples} --resolution {config.resolution} --seed {config.seed}"
-                              f"{' --real-keypoints KEYPOINTS' if config.real_keypoints is not None else ''}"
-                              f"{'' if config.physics else ' --no-physics'}")
+    result["eval_command"] = eval_command(config)
     if config.write_card:
-        entry = "evaluation" if config.object_set == "procedural" else "evaluation_real_objects"
-        update_card(config.checkpoint or SHIPPED_VAE, **{entry: result})
+        write_card(config.checkpoint or SHIPPED_VAE, config, result)
     if config.preview and config.object_set == "procedural":
         write_preview(vae, indices[:PREVIEW_OBJECTS], config.preview, config.resolution, config.seed)
     return result
+
+
+def eval_command(config: EvalVAEConfig) -> str:
+    """The ``halo eval vae`` command line that reproduces ``config`` (data and keypoint files as placeholders)."""
+    field = config.protocol == "field"
+    return (f"halo eval vae{' --protocol field' if field else ''} --object-set {config.object_set}"
+            f"{' --data DATA' if config.data else ''} --objects {config.objects}"
+            f" --samples {config.samples} --resolution {config.resolution} --seed {config.seed}"
+            f"{' --real-keypoints KEYPOINTS' if config.real_keypoints is not None and not field else ''}"
+            f"{' --no-physics' if not (config.physics or field) else ''}"
+            f"{' --no-raw' if field and not config.raw else ''}")
+
+
+def write_card(checkpoint: Path, config: EvalVAEConfig, result: dict) -> None:
+    """Store ``result`` in the VAE's card: the default protocol's as the object set's entry (keeping its
+    ``field_protocol``), the field protocol's as ``field_protocol`` inside that entry (keeping the rest)."""
+    entry = "evaluation" if config.object_set == "procedural" else "evaluation_real_objects"
+    stored = json.loads(card_path(checkpoint).read_text()).get(entry, {})
+    if config.protocol == "field":
+        update_card(checkpoint, **{entry: {**stored, "field_protocol": result}})
+    else:
+        kept = {"field_protocol": stored["field_protocol"]} if "field_protocol" in stored else {}
+        update_card(checkpoint, **{entry: {**result, **kept}})
 
 
 def write_preview(vae: HaloVAE, object_indices: list[int], path: Path, resolution: int, seed: int) -> None:
