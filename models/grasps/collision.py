@@ -15,16 +15,13 @@ Units: metres. Shapes: V vertices of a piece.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 import numpy as np
 import trimesh
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 
 from ..geometry import signed_volume
-from .object_repair import hull_volume, mesh_key, prepare, surface_samples, voxel_solid
+from .object_repair import LruCache, hull_volume, mesh_key, prepare, surface_samples, voxel_solid
 
 CONVEX_VOLUME_SHARE = 0.95
 SOLID_SHARE = 0.9
@@ -152,8 +149,7 @@ def _decompose(obj: trimesh.Trimesh, method: str) -> tuple[np.ndarray, ...]:
     return kept or (_few_vertices(np.asarray(prepared.convex_hull.vertices, dtype=np.float64)),)
 
 
-_piece_cache: OrderedDict[tuple[str, str], tuple[np.ndarray, ...]] = OrderedDict()
-_piece_cache_lock = threading.Lock()  # grasp workers may share the cache
+_piece_cache = LruCache(PIECE_CACHE_SIZE)
 
 
 def convex_pieces(obj: trimesh.Trimesh, method: str = "voxel") -> tuple[np.ndarray, ...]:
@@ -163,13 +159,4 @@ def convex_pieces(obj: trimesh.Trimesh, method: str = "voxel") -> tuple[np.ndarr
     if method not in METHODS:
         raise PhysicsError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     key = (mesh_key(np.asarray(obj.vertices), np.asarray(obj.faces)), method)
-    with _piece_cache_lock:
-        if key in _piece_cache:
-            _piece_cache.move_to_end(key)
-            return _piece_cache[key]
-    pieces = _decompose(obj, method)
-    with _piece_cache_lock:
-        _piece_cache[key] = pieces
-        while len(_piece_cache) > PIECE_CACHE_SIZE:
-            _piece_cache.popitem(last=False)
-    return pieces
+    return _piece_cache.get(key, lambda: _decompose(obj, method))

@@ -26,7 +26,9 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import mcubes
 import numpy as np
@@ -67,6 +69,33 @@ class Preparation:
     closed_holes: int
     faces_sent: int
     faces_used: int
+
+
+class LruCache:
+    """A thread-safe cache of the ``size`` most recently used values (grasp workers share it)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """The value cached under ``key``, else ``make()`` (outside the lock: it may take a while), cached."""
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key]
+        value = make()
+        with self._lock:
+            self._values[key] = value
+            while len(self._values) > self.size:
+                self._values.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        """Forget every value."""
+        with self._lock:
+            self._values.clear()
 
 
 def mesh_key(vertices: np.ndarray, faces: np.ndarray) -> str:
@@ -261,8 +290,7 @@ def _prepare(vertices: np.ndarray, faces: np.ndarray) -> trimesh.Trimesh:
     return mesh
 
 
-_cache: OrderedDict[str, trimesh.Trimesh] = OrderedDict()
-_cache_lock = threading.Lock()
+_prepared = LruCache(CACHE_SIZE)
 
 
 def prepare(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
@@ -271,14 +299,4 @@ def prepare(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     if "preparation" in mesh.metadata:
         return mesh
     vertices, faces = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
-    key = mesh_key(vertices, faces)
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    prepared = _prepare(vertices, faces)
-    with _cache_lock:
-        _cache[key] = prepared
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-    return prepared
+    return _prepared.get(mesh_key(vertices, faces), lambda: _prepare(vertices, faces))
