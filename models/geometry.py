@@ -142,13 +142,18 @@ def inside_closed_mesh(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     return (above.astype(np.int64) % 2).astype(bool)
 
 
-def surface_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
-    """(N,3) points, metres -> (N,) unsigned distance to the surface of ``mesh``, metres."""
-    squared, _, _ = igl.point_mesh_squared_distance(
+def closest_points(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
+    """(N,3) points, metres -> (N,3) nearest point of the surface of ``mesh`` to each, metres."""
+    _, _, nearest = igl.point_mesh_squared_distance(
         np.ascontiguousarray(points, dtype=np.float64),
         np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64),
     )
-    return np.sqrt(squared)
+    return nearest
+
+
+def surface_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
+    """(N,3) points, metres -> (N,) unsigned distance to the surface of ``mesh``, metres."""
+    return np.linalg.norm(closest_points(mesh, points) - np.asarray(points, dtype=np.float64), axis=1)
 
 
 def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:

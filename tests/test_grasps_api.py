@@ -135,3 +135,21 @@ def test_refined_grasps_that_miss_or_penetrate_are_replaced_by_fresh_samples(vae
     # Raw samples are returned as drawn.
     raw = vae.sample(cereal, n=4, seed=0, resolution=64, refine=False)
     assert all(grasp.metrics["redraws"] == 0 for grasp in raw)
+
+
+def test_a_grasp_that_still_penetrates_is_pushed_out_rigidly(vae, monkeypatch) -> None:
+    from models.data.real_objects import load_real_object
+    from models.grasps import api as grasp_api
+    from models.grasps.object_input import prepare_object
+
+    cereal = prepare_object(load_real_object("cereal"))
+    grasp = max(vae.sample(cereal, n=4, seed=0, resolution=64), key=lambda g: g.metrics["penetration_volume_cm3"])
+    volume = grasp.metrics["penetration_volume_cm3"]
+    assert volume > 0.1
+    monkeypatch.setattr(grasp_api, "MAX_PENETRATION_CM3", volume / 2)
+    keypoints, mesh, metrics = grasp_api._pushed_out(cereal, grasp.keypoints, grasp.mesh)
+    assert metrics["penetration_volume_cm3"] <= volume / 2 and metrics["contact"]
+    shift = keypoints - grasp.keypoints  # one rigid translation of keypoints and mesh alike
+    np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(mesh.vertices) - np.asarray(grasp.mesh.vertices), np.broadcast_to(shift[0], mesh.vertices.shape), atol=1e-12)
+    assert np.linalg.norm(shift[0]) * 1e3 == pytest.approx(metrics["pushed_out_mm"])

@@ -14,6 +14,7 @@ import trimesh
 
 from ..api import CHECKPOINT_DIR, HaloBase, load_base, resolve_device
 from ..canonical import KeypointError, validate_keypoints
+from ..geometry import closest_points, inside_solid
 from ..hand_pose import neutral_angles
 from . import hand_object
 from .hand_proxy import HandProxy, fit_proxy
@@ -44,6 +45,9 @@ MAX_PENETRATION_CM3 = 5.0
 REPLACEMENT_ROUNDS = 3
 REPLACEMENT_DRAWS = 2
 REPLACEMENT_SEED_STEP = 104_729
+# A slot still failing after the rounds keeps its least penetrating sample, moved rigidly out of the object
+# by the shortest of these distances that passes (HALO is rigid-motion equivariant: the mesh moves with it).
+PUSH_OUT_M = (0.001, 0.002, 0.003, 0.005, 0.008, 0.012)
 
 
 def is_acceptable(metrics: dict) -> bool:
@@ -182,6 +186,10 @@ class HaloVAE:
             redraws[failing] += REPLACEMENT_DRAWS
             for slot, j in zip(failing, passing, strict=False):
                 keypoints[slot], meshes[slot], metrics[slot], results[slot] = fresh[j], fresh_meshes[j], fresh_metrics[j], None
+        for slot in [i for i, values in enumerate(metrics) if refine and not is_acceptable(values)]:
+            pushed = self._timed(timing, "metrics_s", _pushed_out, obj, keypoints[slot], meshes[slot])
+            if pushed is not None:
+                keypoints[slot], meshes[slot], metrics[slot], results[slot] = *pushed, None
         if physics or ranked:  # only the grasps returned, and only those not simulated yet
             unchecked = [i for i, result in enumerate(results) if result is None]
             if unchecked:
@@ -209,6 +217,26 @@ class HaloVAE:
         """Prepared object, (S,21,3) keypoints -> their hand meshes and metrics against the object."""
         meshes = self._timed(timing, "mesh_s", lambda: self.base.mesh(keypoints, resolution=resolution))
         return meshes, self._timed(timing, "metrics_s", grasp_metrics_many, meshes, obj)
+
+
+def _pushed_out(obj: trimesh.Trimesh, keypoints: np.ndarray, mesh: trimesh.Trimesh
+                ) -> tuple[np.ndarray, trimesh.Trimesh, dict] | None:
+    """A grasp that penetrates the object too deeply -> the same hand moved out along the mean direction from its
+    vertices inside the object to the surface, by the shortest of PUSH_OUT_M that passes (``pushed_out_mm`` in
+    its metrics); None if none does."""
+    vertices = np.asarray(mesh.vertices)
+    inside = vertices[inside_solid(obj, vertices)]
+    if len(inside) == 0:
+        return None
+    outward = (closest_points(obj, inside) - inside).mean(axis=0)
+    if not np.linalg.norm(outward) > 0:
+        return None
+    outward /= np.linalg.norm(outward)
+    moved = [mesh.copy().apply_translation(outward * distance) for distance in PUSH_OUT_M]
+    for distance, candidate, values in zip(PUSH_OUT_M, moved, grasp_metrics_many(moved, obj), strict=True):
+        if is_acceptable(values):
+            return keypoints + outward * distance, candidate, {**values, "pushed_out_mm": distance * 1e3}
+    return None
 
 
 def load_vae(path: str | Path | None = None, base: HaloBase | None = None, device: str | torch.device = "cpu") -> HaloVAE:
