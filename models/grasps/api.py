@@ -48,7 +48,7 @@ REPLACEMENT_SEED_STEP = 104_729
 # A failing sample can instead be moved rigidly out of the object by the shortest of these distances that
 # passes (HALO is rigid-motion equivariant: the mesh moves with it): first for near misses, last for any slot
 # the replacement rounds did not fix.
-PUSH_OUT_M = (0.001, 0.002, 0.003, 0.005, 0.008, 0.012)
+PUSH_OUT_M = (0.001, 0.002, 0.003, 0.005, 0.008, 0.012, 0.018, 0.025)
 PUSH_FIRST_CM3 = 10.0  # a sample over the bound by at most this much is pushed out before any fresh one is drawn
 
 
@@ -187,9 +187,13 @@ class HaloVAE:
                                 seed + attempt * REPLACEMENT_SEED_STEP, refine)
             fresh_meshes, fresh_metrics = self._measured(obj, fresh, resolution, timing)
             passing = [j for j, values in enumerate(fresh_metrics) if is_acceptable(values)]
+            # Slots no fresh sample fixes take the least penetrating fresh one in contact, if it beats theirs.
+            others = sorted((j for j, values in enumerate(fresh_metrics) if values["contact"] and j not in passing),
+                            key=lambda j: fresh_metrics[j]["penetration_volume_cm3"])
             redraws[failing] += REPLACEMENT_DRAWS
-            for slot, j in zip(failing, passing, strict=False):
-                keypoints[slot], meshes[slot], metrics[slot], results[slot] = fresh[j], fresh_meshes[j], fresh_metrics[j], None
+            for slot, j in zip(failing, passing + others, strict=False):
+                if j in passing or fresh_metrics[j]["penetration_volume_cm3"] < metrics[slot]["penetration_volume_cm3"]:
+                    keypoints[slot], meshes[slot], metrics[slot], results[slot] = fresh[j], fresh_meshes[j], fresh_metrics[j], None
         if refine:
             self._push_out_failing(obj, keypoints, meshes, metrics, results, timing, np.inf)
         if physics or ranked:  # only the grasps returned, and only those not simulated yet
