@@ -204,6 +204,23 @@ class StreamMesher:
         )
         return meshes
 
+    @staticmethod
+    def _seed_cells(previous: _Previous, hands: np.ndarray, index: torch.Tensor, part_matrices: torch.Tensor,
+                    crops: GridCrops, resolution: int) -> torch.Tensor:
+        """Carry the previous surfaces of ``hands`` along the bones -> (H,X,Y,Z) bool: the cells holding a carried vertex."""
+        device = part_matrices.device
+        vertices = torch.cat([previous.vertices[h] for h in hands])
+        sizes = torch.tensor([len(previous.vertices[h]) for h in hands], device=device)
+        owner = torch.repeat_interleave(torch.arange(len(hands), device=device), sizes)
+        parts = torch.cat([previous.parts[h] for h in hands])
+        moved = carry_vertices(vertices, owner, parts, previous.part_matrices[index], part_matrices.double())
+        grid = (moved / BOX_SIZE + 0.5) * resolution - crops.origin[owner]  # (T,3) fractional crop indices
+        cell_shape = torch.tensor(crops.cells, device=device)
+        seeds = torch.minimum(grid.floor().long().clamp_min(0), cell_shape - 1)  # (T,3) cell of each vertex
+        cells = torch.zeros(len(hands), *crops.cells, dtype=torch.bool, device=device)
+        cells[owner, seeds[:, 0], seeds[:, 1], seeds[:, 2]] = True
+        return cells
+
     def _seeded(
         self, canonical: Canonical, previous: _Previous, hands: np.ndarray, stats: MeshStats
     ) -> list[tuple[tuple[np.ndarray, np.ndarray], torch.Tensor] | None]:
@@ -218,17 +235,7 @@ class StreamMesher:
         margin = config.cull_radius * MODEL_SCALE if config.cull_radius is not None else BOX_SIZE
         crops = GridCrops(joints_model, resolution, resolution // coarse, margin)
         count = len(hands)
-        # 1. Carry the previous surfaces along the bones, then seed the 8 cells around each carried vertex.
-        vertices = torch.cat([previous.vertices[h] for h in hands])
-        sizes = torch.tensor([len(previous.vertices[h]) for h in hands], device=device)
-        owner = torch.repeat_interleave(torch.arange(count, device=device), sizes)
-        parts = torch.cat([previous.parts[h] for h in hands])
-        moved = carry_vertices(vertices, owner, parts, previous.part_matrices[index], part_matrices.double())
-        grid = (moved / BOX_SIZE + 0.5) * resolution - crops.origin[owner]  # (T,3) fractional crop indices
-        cell_shape = torch.tensor(crops.cells, device=device)
-        seeds = torch.minimum(grid.floor().long().clamp_min(0), cell_shape - 1)  # (T,3) cell of each vertex
-        cells = torch.zeros(count, *crops.cells, dtype=torch.bool, device=device)
-        cells[owner, seeds[:, 0], seeds[:, 1], seeds[:, 2]] = True
+        cells = self._seed_cells(previous, hands, index, part_matrices, crops, resolution)
         # 2-3. Evaluate the band, then grow it across every face the surface leaves it by.
         shape = (count, *(n + 1 for n in crops.cells))
         values = torch.zeros(shape, device=device)
