@@ -127,11 +127,6 @@ class ContainedPool:
             with self._lock:
                 self._started -= 1
 
-    def start(self) -> None:
-        """Start every worker and wait until each has answered once (a server does this while warming up)."""
-        for worker in [self._take() for _ in range(self.size - self._started + self._idle.qsize())]:
-            self._give_back(worker)
-
     def call(self, function: Callable[[Any], Any], argument: Any, time_limit_s: float) -> Any:
         """``function(argument)`` in a worker -> its result, or a ``Failure``."""
         worker = self._take()

@@ -64,7 +64,7 @@ from .collision import check_object, convex_pieces
 from .hand_proxy import CAPSULES, MANO_PARENTS
 from .metrics import CONTACT_DISTANCE_M, canonical_keypoints, keypoint_clusters, penetration_volumes, vertex_extremes
 from .parallel import thread_map
-from .physics import ARENA_BYTES, _diverged
+from .physics import ARENA_BYTES, add_object, diverged
 
 TIMESTEP_S = 1 / 240
 STEPS = 35
@@ -136,7 +136,7 @@ def build_model(hand: tuple[np.ndarray, ...], obj: tuple[np.ndarray, ...],
     The hand's pieces sit on the world body (static); the object is body 1 with a free joint, 1 kg."""
     spec = mujoco.MjSpec()
     spec.option.timestep = TIMESTEP_S
-    spec.memory = ARENA_BYTES  # as the physics check: ``_diverged`` raises when contacts overflow the arena
+    spec.memory = ARENA_BYTES  # as the physics check: ``diverged`` raises when contacts overflow the arena
     spec.option.iterations = SOLVER_ITERATIONS
     spec.option.gravity = (np.asarray(gravity, dtype=np.float64) / np.linalg.norm(gravity) * GRAVITY_M_S2).tolist()
     contact = {"friction": [combined_friction(), 0.0, 0.0], "condim": 3, "margin": CONTACT_MARGIN_M,
@@ -144,12 +144,7 @@ def build_model(hand: tuple[np.ndarray, ...], obj: tuple[np.ndarray, ...],
     for index, vertices in enumerate(hand):
         spec.add_mesh(name=f"hand{index}", uservert=vertices.ravel().tolist())
         spec.worldbody.add_geom(type=mujoco.mjtGeom.mjGEOM_MESH, meshname=f"hand{index}", **contact)
-    density = OBJECT_MASS_KG / sum(ConvexHull(vertices).volume for vertices in obj)
-    body = spec.worldbody.add_body(name="object")
-    body.add_freejoint()
-    for index, vertices in enumerate(obj):
-        spec.add_mesh(name=f"piece{index}", uservert=vertices.ravel().tolist())
-        body.add_geom(type=mujoco.mjtGeom.mjGEOM_MESH, meshname=f"piece{index}", density=density, **contact)
+    add_object(spec, obj, OBJECT_MASS_KG / sum(ConvexHull(vertices).volume for vertices in obj), contact)
     return spec.compile()
 
 
@@ -159,7 +154,7 @@ def simulate(model: mujoco.MjModel) -> float:
     mujoco.mj_forward(model, data)
     start = data.xipos[1].copy()
     mujoco.mj_step(model, data, nstep=STEPS)
-    if _diverged(data):
+    if diverged(data):
         return free_fall_cm()
     mujoco.mj_kinematics(model, data)  # a step leaves the poses of its start in ``xipos``
     return float(np.linalg.norm(data.xipos[1] - start) * 100)

@@ -92,11 +92,6 @@ class LruCache:
                 self._values.popitem(last=False)
         return value
 
-    def clear(self) -> None:
-        """Forget every value."""
-        with self._lock:
-            self._values.clear()
-
 
 def mesh_key(vertices: np.ndarray, faces: np.ndarray) -> str:
     """A hash of the vertices and faces."""

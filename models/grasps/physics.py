@@ -188,15 +188,20 @@ def build_model(keypoints: np.ndarray, radii: np.ndarray, pieces: tuple[np.ndarr
     palm_radius = float(np.mean(radii[-len(PALM_CAPSULES):]))
     spec.add_mesh(name="palm", uservert=palm_plate(keypoints, palm_radius).ravel().tolist())
     spec.worldbody.add_geom(type=mujoco.mjtGeom.mjGEOM_MESH, meshname="palm", **contact)
+    add_object(spec, pieces, density, contact)
+    return spec.compile()
+
+
+def add_object(spec: mujoco.MjSpec, pieces: tuple[np.ndarray, ...], density: float, contact: dict) -> None:
+    """Add the object to a model spec: body 1, free, one mesh geom per convex piece (V,3), metres, kg/m3."""
     body = spec.worldbody.add_body(name="object")
     body.add_freejoint()
     for index, vertices in enumerate(pieces):
         spec.add_mesh(name=f"piece{index}", uservert=vertices.ravel().tolist())
         body.add_geom(type=mujoco.mjtGeom.mjGEOM_MESH, meshname=f"piece{index}", density=density, **contact)
-    return spec.compile()
 
 
-def _diverged(data: mujoco.MjData) -> bool:
+def diverged(data: mujoco.MjData) -> bool:
     """Whether MuJoCo met a NaN or huge value (it then resets the state; such an object counts as dropped).
 
     Raises RuntimeError if contacts were dropped for want of memory: then there is no verdict to give."""
@@ -211,7 +216,7 @@ def simulate(model: mujoco.MjModel, directions: np.ndarray = AXIS_DIRECTIONS) ->
     mujoco.mj_forward(model, data)
     start = data.xipos[1].copy()
     mujoco.mj_step(model, data, nstep=round(SETTLE_S / TIMESTEP_S))
-    if _diverged(data):
+    if diverged(data):
         return PhysicsResult(np.full(len(directions), free_fall_cm()), free_fall_cm())
     data.qvel[:] = 0.0
     mujoco.mj_forward(model, data)
@@ -223,7 +228,7 @@ def simulate(model: mujoco.MjModel, directions: np.ndarray = AXIS_DIRECTIONS) ->
         run = mujoco.MjData(model)
         run.qpos[:] = data.qpos
         mujoco.mj_step(model, run, nstep=steps)
-        displacement[index] = free_fall_cm() if _diverged(run) else np.linalg.norm(run.xipos[1] - settled) * 100
+        displacement[index] = free_fall_cm() if diverged(run) else np.linalg.norm(run.xipos[1] - settled) * 100
     model.opt.gravity[:] = 0.0
     return PhysicsResult(displacement, float(np.linalg.norm(settled - start) * 100))
 
