@@ -10,7 +10,7 @@ import numpy as np
 
 import models
 from cli.files import read_object
-from cli.options import RANK_CHOICES, add_grasp_model
+from cli.options import add_grasp_model
 
 
 def run_grasps(args: argparse.Namespace) -> int:
@@ -49,7 +49,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-refine", action="store_true", help="skip the occupancy-based refinement")
     parser.add_argument("--physics", action="store_true",
                         help="check each grasp in MuJoCo (object under gravity along 6 directions; adds sim_* and stable)")
-    parser.add_argument("--rank", default="none", choices=RANK_CHOICES,
+    parser.add_argument("--rank", default="none", choices=models.grasps.RANK_NAMES,
                         help="stability: return the most stable of twice as many samples (implies --physics)")
     add_grasp_model(parser)
     parser.set_defaults(func=run_grasps)

@@ -9,7 +9,6 @@ from models.skeleton import HANDS
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 JOINT_ORDER_HELP = "mano (= mediapipe, openpose), biomech or halo"
-RANK_CHOICES = ("none", "stability")
 
 
 def add_resolution(parser: argparse.ArgumentParser, default: int = 128) -> None:

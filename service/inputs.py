@@ -12,7 +12,7 @@ import asyncio
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import trimesh
@@ -25,7 +25,6 @@ from service.errors import InputError, PayloadTooLargeError
 
 UPLOAD_FORMATS = ("obj", "ply", "stl", "glb")
 RESOLUTION_HELP = f"Final MISE grid: {', '.join(map(str, RESOLUTIONS[:-1]))} or {RESOLUTIONS[-1]} (server maximum applies)."
-RankName = Literal["none", "stability"]
 
 
 class GraspOptions(BaseModel):
@@ -40,7 +39,7 @@ class GraspOptions(BaseModel):
         description="Check each grasp in MuJoCo (object under gravity along 6 directions; adds sim_displacement_cm, "
         "sim_displacement_worst_cm, sim_directions_held, sim_settle_cm, stable). Costs ~0.05-0.4 s per grasp.",
     )
-    rank: RankName = Field(
+    rank: grasps.RankName = Field(
         "none", description="stability: return the most stable of up to twice as many samples (implies physics)."
     )
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -38,7 +38,8 @@ REDRAW_SEED_STEP = 7919
 PROXY_FIT_RESOLUTION = 128
 SDF_GRID = 20  # samples per side of the object's distance grid that refinement reads
 SDF_MARGIN_M = 0.03
-RANKS = (None, "none", "stability")
+RankName = Literal["none", "stability"]  # how sample() orders its draws; the one declaration of the choices
+RANK_NAMES: tuple[str, ...] = get_args(RankName)
 # A refined grasp is returned only if it touches the object and penetrates it by at most this much;
 # a sample that does not is replaced by a fresh one, REPLACEMENT_DRAWS candidates per failure a round.
 MAX_PENETRATION_CM3 = 5.0
@@ -166,8 +167,8 @@ class HaloVAE:
         obj = prepare_object(object_mesh)
         if not isinstance(n, int | np.integer) or not 1 <= n <= MAX_SAMPLES:
             raise GraspRequestError(f"n: expected an integer from 1 to {MAX_SAMPLES}, got {n!r}")
-        if rank not in RANKS:
-            raise GraspRequestError(f"rank: expected one of none, stability, got {rank!r}")
+        if rank is not None and rank not in RANK_NAMES:
+            raise GraspRequestError(f"rank: expected one of {', '.join(RANK_NAMES)}, got {rank!r}")
         ranked = rank == "stability"
         draw = max(int(n), min(RANK_CANDIDATES * int(n), max_candidates, MAX_SAMPLES)) if ranked else int(n)
         timing = dict.fromkeys(("sample_s", "physics_s", "mesh_s", "metrics_s"), 0.0)
