@@ -55,7 +55,15 @@ def test_rest_rank_stability_returns_the_most_stable_first(grasp_server, box):
     with RestClient(grasp_server.http_url) as client:
         ranked = client.grasps(box, num_samples=3, seed=4, refine=False, rank="stability")
         drawn = client.grasps(box, num_samples=6, seed=4, refine=False, physics=True)  # the server's limit: 6
-    assert [_key(g) for g in ranked] == sorted(_key(g) for g in drawn)[:3]
+    # The same samples are drawn both times; a repeated simulation may differ by float noise (well under 1e-3 cm).
+    drawn_keypoints = np.stack([g.keypoints for g in drawn])
+    drawn_worst = np.array([g.metrics["sim_displacement_worst_cm"] for g in drawn])
+    for grasp in ranked:
+        gaps = np.abs(drawn_keypoints - grasp.keypoints).max(axis=(1, 2))
+        assert gaps.min() < 1e-4  # one of the drawn samples
+        assert (drawn_worst[np.argmin(gaps)]
+                <= np.sort(drawn_worst)[2] + 1e-3)  # among the three most stable
+    assert [_key(g) for g in ranked] == sorted(_key(g) for g in ranked)
 
 
 def test_rest_refuses_an_unknown_rank_and_a_flat_object_naming_the_field(grasp_server, box):
