@@ -58,9 +58,18 @@ def test_a_large_open_scan_becomes_a_bounded_closed_proxy() -> None:
     vertices, faces = scan_200k()
     mesh = _prepared(vertices, faces)
     assert mesh.metadata["preparation"].faces_sent == 200_000
-    assert mesh.is_watertight and len(mesh.faces) <= 2 * object_repair.PROXY_FACES
+    assert mesh.is_watertight and len(mesh.faces) <= object_repair.PROXY_FACES
     # Its surface is the scan's: every proxy vertex lies within two voxels of the ball's radius or inside it.
-    assert np.linalg.norm(mesh.vertices, axis=1).max() < 0.04 + 2 * 0.08 / object_repair.PROXY_GRIDS[-1]
+    assert np.linalg.norm(mesh.vertices, axis=1).max() < 0.04 + 2 * 0.08 / object_repair.PROXY_GRID
+
+
+def test_a_large_closed_mesh_is_simplified_keeping_its_shape() -> None:
+    sphere = trimesh.creation.icosphere(subdivisions=6, radius=0.05)  # 81,920 faces
+    mesh = _prepared(np.asarray(sphere.vertices), np.asarray(sphere.faces))
+    preparation = mesh.metadata["preparation"]
+    assert preparation.path == "as sent" and preparation.faces_used == len(mesh.faces) <= object_repair.PROXY_FACES
+    assert mesh.is_watertight and mesh.volume == pytest.approx(sphere.volume, rel=0.01)
+    assert np.abs(np.linalg.norm(mesh.vertices, axis=1) - 0.05).max() < 0.001
 
 
 def test_real_open_meshes_are_closed_and_cached() -> None:

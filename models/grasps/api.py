@@ -214,11 +214,15 @@ class HaloVAE:
                           results: list, timing: dict[str, float], up_to_cm3: float) -> None:
         """Failing grasps that penetrate by at most ``up_to_cm3`` are moved out of the object where that passes
         (``_pushed_out``); the lists are updated in place."""
-        for slot, values in enumerate(metrics):
-            if not is_acceptable(values) and values["penetration_volume_cm3"] <= up_to_cm3:
-                pushed = self._timed(timing, "metrics_s", _pushed_out, obj, keypoints[slot], meshes[slot])
-                if pushed is not None:
-                    keypoints[slot], meshes[slot], metrics[slot], results[slot] = *pushed, None
+        slots = [slot for slot, values in enumerate(metrics)
+                 if not is_acceptable(values) and values["penetration_volume_cm3"] <= up_to_cm3]
+        if not slots:
+            return
+        pushed = self._timed(timing, "metrics_s", _pushed_out, obj, [keypoints[slot] for slot in slots],
+                             [meshes[slot] for slot in slots])
+        for slot, moved in zip(slots, pushed, strict=True):
+            if moved is not None:
+                keypoints[slot], meshes[slot], metrics[slot], results[slot] = *moved, None
 
     @staticmethod
     def _timed(timing: dict[str, float], stage: str, function: Callable[..., Any], *args: Any) -> Any:
@@ -236,24 +240,41 @@ class HaloVAE:
         return meshes, self._timed(timing, "metrics_s", grasp_metrics_many, meshes, obj)
 
 
-def _pushed_out(obj: trimesh.Trimesh, keypoints: np.ndarray, mesh: trimesh.Trimesh
-                ) -> tuple[np.ndarray, trimesh.Trimesh, dict] | None:
-    """A grasp that penetrates the object too deeply -> the same hand moved out along the mean direction from its
-    vertices inside the object to the surface, by the shortest of PUSH_OUT_M that passes (``pushed_out_mm`` in
-    its metrics); None if none does."""
+def _outward(obj: trimesh.Trimesh, mesh: trimesh.Trimesh) -> np.ndarray | None:
+    """Hand mesh penetrating the object -> (3,) unit mean direction from its vertices inside the object to the
+    surface; None if no vertex is inside."""
     vertices = np.asarray(mesh.vertices)
     inside = vertices[inside_solid(obj, vertices)]
     if len(inside) == 0:
         return None
     outward = (closest_points(obj, inside) - inside).mean(axis=0)
-    if not np.linalg.norm(outward) > 0:
-        return None
-    outward /= np.linalg.norm(outward)
-    moved = [mesh.copy().apply_translation(outward * distance) for distance in PUSH_OUT_M]
-    for distance, candidate, values in zip(PUSH_OUT_M, moved, grasp_metrics_many(moved, obj), strict=True):
-        if is_acceptable(values):
-            return keypoints + outward * distance, candidate, {**values, "pushed_out_mm": distance * 1e3}
-    return None
+    length = np.linalg.norm(outward)
+    return outward / length if length > 0 else None
+
+
+def _pushed_out(obj: trimesh.Trimesh, keypoints: list[np.ndarray], meshes: list[trimesh.Trimesh]
+                ) -> list[tuple[np.ndarray, trimesh.Trimesh, dict] | None]:
+    """Grasps that penetrate the object too deeply -> each hand moved rigidly along ``_outward`` by the shortest
+    of PUSH_OUT_M that brings its penetration within the bound (a binary search, every hand at once: three
+    rounds of metrics instead of eight), with ``pushed_out_mm`` in its metrics; None where that hand then
+    fails (no longer in contact) or cannot be moved."""
+    directions = [_outward(obj, mesh) for mesh in meshes]
+    low = np.zeros(len(meshes), dtype=int)
+    high = np.full(len(meshes), len(PUSH_OUT_M) - 1)
+    found: list[tuple[float, trimesh.Trimesh, dict] | None] = [None] * len(meshes)
+    searching = [i for i, direction in enumerate(directions) if direction is not None]
+    while searching:
+        middle = {i: (low[i] + high[i]) // 2 for i in searching}
+        moved = [meshes[i].copy().apply_translation(directions[i] * PUSH_OUT_M[middle[i]]) for i in searching]
+        for i, candidate, values in zip(searching, moved, grasp_metrics_many(moved, obj), strict=True):
+            if values["penetration_volume_cm3"] <= MAX_PENETRATION_CM3:
+                found[i], high[i] = (PUSH_OUT_M[middle[i]], candidate, values), middle[i] - 1
+            else:
+                low[i] = middle[i] + 1
+        searching = [i for i in searching if low[i] <= high[i]]
+    return [None if hit is None or not is_acceptable(hit[2])
+            else (keypoints[i] + directions[i] * hit[0], hit[1], {**hit[2], "pushed_out_mm": hit[0] * 1e3})
+            for i, hit in enumerate(found)]
 
 
 def load_vae(path: str | Path | None = None, base: HaloBase | None = None, device: str | torch.device = "cpu") -> HaloVAE:

@@ -11,11 +11,17 @@ object is prepared once:
 2. **Holes closed**: every boundary loop gets a fan of triangles to its centroid, wound to match its
    faces, and inside-out bodies are turned. An open bottle or can is then closed with its own
    geometry.
-3. If every body is now closed with a volume, and the mesh has at most ``PROXY_FACES`` faces, it is the
-   object. Anything else (soups, non-manifold edges, flat sheets stuck on a body, large scans) becomes
-   a **voxel proxy**: the voxels its surface passes through (``PROXY_GRIDS[0]`` along the longest side),
-   plus every voxel the outside cannot reach, meshed by marching cubes. Its surface lies within about
-   one voxel of the original (1.5 mm on a 10 cm object) and it is always closed.
+3. If every body is now closed with a volume, it is the object. Anything else (soups, non-manifold
+   edges, flat sheets stuck on a body, open scans) becomes a **voxel proxy**: the voxels its surface
+   passes through (``PROXY_GRID`` along the longest side), plus every voxel the outside cannot reach,
+   meshed by marching cubes. Its surface lies within about one voxel of the original (1.5 mm on a
+   10 cm object) and it is always closed.
+4. **Bounded size**: a closed object of more than ``PROXY_FACES`` faces is simplified by quadric edge
+   collapse (``fast_simplification``) to that many, which keeps it closed, its volume within a few
+   parts in a thousand and its surface within about a millimetre (the 200,000-face scan: 0.6 mm). Every
+   query downstream (crossing parity, closest points, convex pieces) costs in proportion to the faces,
+   and a hand's voxels are 1 mm, so finer surfaces buy nothing. Should the simplification ever leave
+   the mesh open, the voxel proxy (or the unsimplified proxy) is used instead.
 
 Flat objects (no volume anywhere) are returned repaired but open: they have no inside, and the physics
 check refuses them by name. Units: metres.
@@ -30,6 +36,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+import fast_simplification
 import mcubes
 import numpy as np
 import trimesh
@@ -44,8 +51,8 @@ MERGE_M = 1e-6  # vertices closer than a micrometre are one vertex
 MIN_FACE_AREA_M2 = 1e-12  # a square micrometre
 MIN_BODY_VOLUME_M3 = 1e-9  # a closed body under 1 mm3 is a flat sheet, not a solid
 MIN_SOLID_HULL_M3 = 1e-7  # an object whose hull holds under 0.1 cm3 is flat: no solid is made of it
-PROXY_FACES = 20_000
-PROXY_GRIDS = (64, 48, 32)  # voxels along the longest side of the voxel proxy, finest first
+PROXY_FACES = 8_000  # the most faces a prepared object keeps (larger ones are simplified)
+PROXY_GRID = 64  # voxels along the longest side of the voxel proxy
 MIN_PROXY_VOXEL_M = 0.0005
 PROXY_BLUR_VOXELS = 0.7
 MAX_BODIES = 64  # more separate pieces than this is a soup: it goes to the voxel proxy directly
@@ -63,12 +70,12 @@ class ObjectError(ValueError):
 class Preparation:
     """What was done to one object (``mesh.metadata["preparation"]`` of a prepared mesh)."""
 
-    path: str  # "as sent", "repaired", "holes closed", "voxel proxy" or "flat"
+    path: str  # "as sent", "repaired", "holes closed", "voxel proxy" or "flat"; any but "flat" maybe simplified
     merged_vertices: int
     dropped_faces: int  # degenerate or duplicate
     closed_holes: int
     faces_sent: int
-    faces_used: int
+    faces_used: int  # at most PROXY_FACES unless simplifying failed (then the closed mesh as it was)
 
 
 class LruCache:
@@ -184,7 +191,7 @@ class SolidGrid:
         return self.low + (np.argwhere(self.solid if mask is None else mask) + 0.5) * self.voxel
 
 
-def voxel_solid(vertices: np.ndarray, faces: np.ndarray, grid: int = PROXY_GRIDS[0]) -> SolidGrid:
+def voxel_solid(vertices: np.ndarray, faces: np.ndarray, grid: int = PROXY_GRID) -> SolidGrid:
     """Any triangles, metres -> the voxels their surface passes through plus all the outside cannot reach.
 
     Needs neither closed nor oriented faces, so soups and open scans work; an open container is kept as
@@ -226,13 +233,20 @@ def _body_count(faces: np.ndarray) -> int:
     return len(np.unique(label[faces[:, 0]]))
 
 
-def _voxel_proxy(vertices: np.ndarray, faces: np.ndarray) -> trimesh.Trimesh:
-    """Any triangles, metres -> the closed voxel proxy, on coarser grids until it has at most 2 PROXY_FACES faces."""
-    for grid in PROXY_GRIDS:
-        mesh = solid_mesh(voxel_solid(vertices, faces, grid))
-        if len(mesh.faces) <= 2 * PROXY_FACES:
-            break
-    return mesh
+def simplified(mesh: trimesh.Trimesh, faces: int = PROXY_FACES) -> trimesh.Trimesh | None:
+    """Closed mesh, metres -> the same surface in at most ``faces`` faces (quadric edge collapse); None if the
+    simplification left a body open or without volume."""
+    if len(mesh.faces) <= faces:
+        return mesh
+    vertices, kept = fast_simplification.simplify(
+        np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64),
+        target_count=faces)
+    candidate = trimesh.Trimesh(np.asarray(vertices, dtype=np.float64), np.asarray(kept, dtype=np.int64), process=False)
+    # Collapsing a wall one voxel thick can pinch off flat two-face pockets: they hold nothing, so they go.
+    bodies = [body for body in candidate.split(only_watertight=False, repair=False)
+              if abs(signed_volume(body)) >= MIN_BODY_VOLUME_M3]
+    candidate = trimesh.util.concatenate(bodies) if bodies else None
+    return candidate if candidate is not None and _has_volume(candidate) else None
 
 
 def hull_volume(points: np.ndarray) -> float:
@@ -273,14 +287,15 @@ def _prepare(vertices: np.ndarray, faces: np.ndarray) -> trimesh.Trimesh:
     mesh = None
     if closed is not None:
         candidate = _turn_inside_out_bodies(trimesh.Trimesh(closed[0], closed[1], process=False))
-        if _has_volume(candidate) and len(candidate.faces) <= PROXY_FACES:
-            mesh = candidate
+        if _has_volume(candidate):
+            mesh = simplified(candidate)
     if mesh is not None:
         path = "holes closed" if holes else ("repaired" if merged or dropped else "as sent")
     elif hull_volume(merged_vertices[:: max(1, len(merged_vertices) // HULL_POINTS)]) < MIN_SOLID_HULL_M3:
         mesh, path = trimesh.Trimesh(merged_vertices, merged_faces, process=False), "flat"
     else:
-        mesh, path = _voxel_proxy(merged_vertices, merged_faces), "voxel proxy"
+        proxy = solid_mesh(voxel_solid(merged_vertices, merged_faces))
+        mesh, path = simplified(proxy) or proxy, "voxel proxy"
     mesh.metadata["preparation"] = Preparation(path, merged, dropped, holes, sent, len(mesh.faces))
     return mesh
 
