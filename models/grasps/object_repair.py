@@ -18,10 +18,10 @@ object is prepared once:
    10 cm object) and it is always closed.
 4. **Bounded size**: a closed object of more than ``PROXY_FACES`` faces is simplified by quadric edge
    collapse (``fast_simplification``) to that many, which keeps it closed, its volume within a few
-   parts in a thousand and its surface within about a millimetre (the 200,000-face scan: 0.6 mm). Every
+   per cent and its surface within about a millimetre (the 200,000-face scan's proxy: 1 %, 0.9 mm). Every
    query downstream (crossing parity, closest points, convex pieces) costs in proportion to the faces,
    and a hand's voxels are 1 mm, so finer surfaces buy nothing. Should the simplification ever leave
-   the mesh open, the voxel proxy (or the unsimplified proxy) is used instead.
+   the mesh open, a closed mesh goes to the voxel proxy and a proxy stays unsimplified.
 
 Flat objects (no volume anywhere) are returned repaired but open: they have no inside, and the physics
 check refuses them by name. Units: metres.
