@@ -10,6 +10,7 @@ from cli.files import load_keypoints, read_array
 from cli.options import add_resolution
 from models.assets import SAMPLE_KEYPOINTS
 from tools.bench_grasps import GraspBench, run_grasp_benchmark
+from tools.bench_live import PROTOCOLS, LiveBench, run_live_benchmark
 from tools.bench_mesh import MeshBench, run_mesh_benchmark
 from tools.bench_stream import StreamBench, run_stream_benchmark
 from tools.decomposition_fidelity import run_decomposition_fidelity
@@ -58,22 +59,48 @@ def _add_decomposition(bench_commands: argparse._SubParsersAction) -> None:
 
 
 def run_stream_bench(args: argparse.Namespace) -> int:
+    json_path = None if args.json is None else Path(args.json)
+    if args.protocol != "library":
+        return run_live_benchmark(LiveBench(
+            protocol=args.protocol, url=args.url, grpc_target=args.grpc_target, token=args.token,
+            sequence=args.sequence, checkpoint=args.checkpoint, resolutions=_int_list(args.resolutions),
+            streams=_int_list(args.streams), fps=args.fps, passes=args.repeats, smooth=args.smooth,
+            encoding=args.encoding, grasp_load=args.grasp_load, threads=args.threads, json_path=json_path,
+        ))
     return run_stream_benchmark(StreamBench(
         sequence=args.sequence, checkpoint=args.checkpoint, resolutions=_int_list(args.resolutions),
-        smooth=args.smooth, repeats=args.repeats, threads=args.threads,
-        json_path=None if args.json is None else Path(args.json),
+        smooth=args.smooth or 0, repeats=args.repeats, threads=args.threads, json_path=json_path,
     ))
 
 
 def _add_stream(bench_commands: argparse._SubParsersAction) -> None:
-    parser = bench_commands.add_parser("stream", help="one live stream of a keypoint sequence, calibrated")
+    parser = bench_commands.add_parser(
+        "stream",
+        help="live streams of a keypoint sequence, in the library or through a server, calibrated",
+        description="Without --protocol: one stream in the library (models.stream_bench). With --protocol grpc "
+        "or websocket: 1 and 4 concurrent live streams through a server (the one at --url / --grpc-target, "
+        "else one started for the run), frames/s, skipped frames and latency percentiles (tools.bench_live).",
+    )
     parser.add_argument("--sequence", default=None, help="kps_seq.pkl or a (T,21,3) .npy, metres, mano order")
-    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--checkpoint", default=None, help="base model (of the server the bench starts)")
     parser.add_argument("--resolutions", default="64,128")
-    parser.add_argument("--smooth", type=int, default=0, help="Taubin iterations on every frame (0 = parity surface)")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--smooth", type=int, default=None,
+                        help="Taubin iterations on every frame (default: library 0 = parity surface; "
+                             "server: its live default)")
+    parser.add_argument("--repeats", type=int, default=1, help="passes through the sequence (server: there and back)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the stream and the calibration")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    server = parser.add_argument_group("through a server")
+    server.add_argument("--protocol", choices=("library", *PROTOCOLS), default="library")
+    server.add_argument("--url", default=None, help="REST base URL of a running server (default: start one)")
+    server.add_argument("--grpc-target", default=None, help="gRPC address of that server (default 127.0.0.1:50051)")
+    server.add_argument("--token", default=None, help="bearer token, if the server requires one")
+    server.add_argument("--streams", default="1,4", help="concurrent streams per row")
+    server.add_argument("--fps", type=float, default=0.0,
+                        help="frames sent per second per stream (0: lock-step, the next frame when the reply is in)")
+    server.add_argument("--encoding", choices=("base64", "json"), default="base64", help="WebSocket mesh encoding")
+    server.add_argument("--grasp-load", action="store_true",
+                        help="also one stream alone and beside two 8-grasp requests, and the p99 ratio")
     parser.set_defaults(func=run_stream_bench)
 
 

@@ -42,6 +42,7 @@ class _Item:
     run: BatchFn
     future: asyncio.Future
     deadline: float
+    solo: bool
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -98,11 +99,15 @@ class Batcher:
         """Run ``fn(*args)`` in one of the lane's threads, outside the queue (start-up, warm-up)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def submit(self, payloads: Sequence[Any], key: Hashable, run: BatchFn, deadline: float) -> list[Any]:
+    async def submit(
+        self, payloads: Sequence[Any], key: Hashable, run: BatchFn, deadline: float, solo: bool = False
+    ) -> list[Any]:
         """Queue ``payloads`` (batched with others of the same ``key`` through ``run``) and await results.
 
-        ``deadline`` is a ``time.monotonic()`` instant. Raises QueueFullError at once when the queue
-        cannot take every payload, DeadlineExceededError if the deadline passes while queued.
+        ``deadline`` is a ``time.monotonic()`` instant. ``solo``: the key is never shared (a live
+        stream's frame), so the batch starts as soon as a worker is free instead of waiting
+        ``max_delay_s`` for batch-mates. Raises QueueFullError at once when the queue cannot take
+        every payload, DeadlineExceededError if the deadline passes while queued.
         """
         if len(self._queue) + len(payloads) > self.max_queue_size:
             self.metrics.reject(self.lane, "queue_full")
@@ -110,7 +115,7 @@ class Batcher:
                 f"queue full: the {self.lane} lane has {len(self._queue)} of {self.max_queue_size} items waiting"
             )
         loop = asyncio.get_running_loop()
-        items = [_Item(p, key, run, loop.create_future(), deadline) for p in payloads]
+        items = [_Item(p, key, run, loop.create_future(), deadline, solo) for p in payloads]
         self._queue.extend(items)
         self._changed()
         self._arrived.set()
@@ -178,7 +183,7 @@ class Batcher:
                 self._free_workers.release()
                 continue
             first = self._queue[0]
-            fill_until = first.enqueued + self.max_delay_s
+            fill_until = first.enqueued + (0.0 if first.solo else self.max_delay_s)
             while len(self._same_key(first.key)) < self.max_batch_size and time.monotonic() < fill_until:
                 self._arrived.clear()
                 with contextlib.suppress(asyncio.TimeoutError):

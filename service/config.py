@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     max_points: int = Field(200_000, ge=1, description="Most query points in one occupancy request.")
     max_hands: int = Field(32, ge=1, description="Most hands in one mesh request.")
     max_grasp_samples: int = Field(64, ge=1, description="Most grasps in one grasp request.")
+    max_streams: int = Field(
+        8, ge=1, description="Live streams (gRPC StreamMesh and WebSocket /stream together) open at once; beyond: refused."
+    )
     default_grasp_samples: int = Field(8, ge=1, description="Grasps returned when a request names none.")
     auth_token: str | None = Field(None, description="If set, both protocols require 'Bearer <token>'.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")

@@ -6,29 +6,32 @@ and limits: ``mesh`` (meshes and occupancy queries, batched across requests) and
 sampling, including the meshing of the sampled hands). A full grasp lane refuses grasps while meshes
 keep flowing, and on CPU the grasp threads run at a lower priority so the OS gives the cores to
 meshes first. Models that are missing (``service.loading``) are reported by ``describe`` and make
-their endpoints raise ``ModelUnavailableError``.
+their endpoints raise ``ModelUnavailableError``. Live streams (``service.streams``) mesh their frames
+in the mesh lane too; the engine opens them (at most ``max_streams``) and closes them on shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Literal
+from typing import Literal, NoReturn
 
 import numpy as np
 import torch
 import trimesh
 
 import models
-from models import Grasp, HaloBase, HaloVAE, MeshStats
+from models import Grasp, HaloBase, HaloVAE
 from service.batching import Batcher
 from service.config import Settings
-from service.errors import ModelUnavailableError, ShuttingDownError
+from service.errors import ModelUnavailableError, ShuttingDownError, StreamLimitError
 from service.inputs import GraspJob, HandInput, Inputs, MeshJob, OccupancyJob
 from service.loading import describe_model, load_models, warm_up_grasps, warm_up_meshes
 from service.metrics import Metrics
+from service.streams import LiveStream
 
 log = logging.getLogger("halo.engine")
 
@@ -67,6 +70,9 @@ class Engine:
         self.unavailable: dict[str, str] = {}
         self.ready = False
         self.accepting = True
+        self.streams: set[LiveStream] = set()
+        self._no_streams = asyncio.Event()
+        self._no_streams.set()
 
     async def start(self) -> None:
         """Load the models (in the compute thread), warm up, start batching; ready if the base model loaded."""
@@ -136,18 +142,10 @@ class Engine:
                 hand=[h.hand for h in hands],
                 resolution=resolution,
             )
-            self._record_stats(stats, len(hands), resolution)
+            self.metrics.observe_mesh_stats(stats, len(hands), resolution)
             return list(meshes)
 
         return await self.mesh_lane.submit(job.hands, ("mesh", resolution), run, deadline)
-
-    def _record_stats(self, stats: MeshStats, batch_size: int, resolution: int) -> None:
-        self.metrics.batch_size.observe(batch_size)
-        self.metrics.stage_duration.labels("canonicalize").observe(stats.canonicalize_s)
-        self.metrics.stage_duration.labels("occupancy").observe(stats.occupancy_s)
-        self.metrics.stage_duration.labels("marching_cubes").observe(stats.marching_cubes_s)
-        self.metrics.points_evaluated.inc(stats.points_evaluated)
-        self.metrics.meshes.labels(str(resolution)).inc(batch_size)
 
     async def occupancy(self, job: OccupancyJob, deadline: float) -> np.ndarray:
         """A checked hand + (N,3) points, metres, keypoint frame -> (N,) occupancy probabilities."""
@@ -190,6 +188,51 @@ class Engine:
             single = GraspJob(job.obj, 1, job.seed + index, job.options, job.resolution)
             (grasp,) = await self.grasps(single, deadline)
             yield grasp
+
+    @contextlib.asynccontextmanager
+    async def live_stream(self, protocol: str) -> AsyncIterator[LiveStream]:
+        """A live stream for one client, closed (and logged) on exit.
+
+        Refused with ShuttingDownError, ModelUnavailableError, or StreamLimitError when ``max_streams``
+        streams of both protocols together are open."""
+        session = self._open_stream(protocol)
+        try:
+            yield session
+        finally:
+            self.streams.discard(session)
+            self.metrics.streams_active.labels(protocol).dec()
+            if not self.streams:
+                self._no_streams.set()
+            log.info("stream closed", extra=session.summary())
+
+    def _open_stream(self, protocol: str) -> LiveStream:
+        limit = self.settings.max_streams
+        if not self.accepting:
+            self._refuse_stream(protocol, "shutting_down", ShuttingDownError("server is shutting down"))
+        if self.base is None:
+            reason = self.unavailable.get("base", "base model is still loading")
+            self._refuse_stream(protocol, "unavailable", ModelUnavailableError(reason))
+        if len(self.streams) >= limit:
+            error = StreamLimitError(f"streams: all {limit} live streams are open; try again later")
+            self._refuse_stream(protocol, "limit", error)
+        session = LiveStream(self.require_base(), self.mesh_lane, self.metrics, protocol, self.deadline)
+        self.streams.add(session)
+        self._no_streams.clear()
+        self.metrics.streams_active.labels(protocol).inc()
+        return session
+
+    def _refuse_stream(self, protocol: str, reason: str, error: Exception) -> NoReturn:
+        self.metrics.streams_refused.labels(protocol, reason).inc()
+        raise error
+
+    async def close_streams(self, timeout: float) -> None:
+        """Shutdown: every live stream answers the frame it is meshing and ends; wait up to ``timeout`` s for them."""
+        for session in self.streams:
+            session.shut_down()
+        try:
+            await asyncio.wait_for(self._no_streams.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("live streams still open after the grace period", extra={"streams": len(self.streams)})
 
     @property
     def queued(self) -> int:

@@ -15,6 +15,10 @@ class QueueFullError(Exception):
     """The queue has no room for the request; the caller should retry later."""
 
 
+class StreamLimitError(QueueFullError):
+    """As many live streams are open as the server allows; the caller should retry later."""
+
+
 class DeadlineExceededError(Exception):
     """The request's deadline passed before its work started."""
 

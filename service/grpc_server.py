@@ -1,7 +1,8 @@
 """gRPC front end: the ``halo.v1.HaloService`` servicer, plus grpc.health.v1 and server reflection.
 
 Handlers translate protobuf messages to engine calls and engine exceptions to status codes; the
-engine, batcher and metrics are the same objects the REST front end uses.
+engine, batcher and metrics are the same objects the REST front end uses. ``StreamMesh`` (a live hand)
+reads its frames with ``context.read`` and writes each reply as soon as ``service.streams`` has it.
 """
 
 from __future__ import annotations
@@ -20,12 +21,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from models import Grasp
-from service.codecs import mesh_to_packed, numeric_metrics
+from service.codecs import mesh_to_packed, normals_to_packed, numeric_metrics
 from service.engine import Engine
 from service.errors import DeadlineExceededError, InputError, ModelUnavailableError, QueueFullError, ShuttingDownError
-from service.inputs import GraspJob, GraspOptions, HandInput, grasp_options, packed_to_mesh, parse_hand
+from service.inputs import (
+    GraspJob,
+    GraspOptions,
+    HandInput,
+    Inputs,
+    RejectedFrame,
+    StreamFrame,
+    grasp_options,
+    packed_to_mesh,
+    parse_hand,
+)
 from service.logs import request_id_var
 from service.proto_gen.halo.v1 import halo_pb2, halo_pb2_grpc
+from service.streams import FrameReply
 
 log = logging.getLogger("halo.grpc")
 
@@ -93,6 +105,31 @@ def grasp_to_proto(grasp: Grasp) -> halo_pb2.Grasp:
     )
 
 
+def frame_from_proto(message: halo_pb2.MeshFrame, inputs: Inputs) -> StreamFrame | RejectedFrame:
+    """A live-stream frame -> a checked frame, or the frame's rejection naming the field (``hand.keypoints``, ...)."""
+    try:
+        hand = hand_from_proto(message.hand, "hand.")
+        smooth = message.smooth if message.HasField("smooth") else None
+        return inputs.stream_frame(message.frame_id, hand, message.resolution, smooth)
+    except InputError as error:
+        return RejectedFrame(message.frame_id, error)
+
+
+def frame_reply_to_proto(reply: FrameReply) -> halo_pb2.MeshFrameReply:
+    """A live-stream reply: the mesh with its normals and how it was made, or the frame's error."""
+    message = halo_pb2.MeshFrameReply(frame_id=reply.frame_id or 0, skipped_frames=reply.skipped_frames)
+    if reply.error is not None:
+        message.error.CopyFrom(halo_pb2.FrameError(code=status_for(reply.error).name, message=str(reply.error)))
+        return message
+    message.mesh.CopyFrom(mesh_to_proto(reply.mesh))
+    message.normals = normals_to_packed(reply.mesh)
+    message.server_ms = reply.server_s * 1000
+    message.seeded = reply.seeded
+    message.fallback = reply.fallback
+    message.resolution = reply.resolution
+    return message
+
+
 class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
     """``halo.v1.HaloService`` over the shared engine."""
 
@@ -131,6 +168,19 @@ class HaloServicer(halo_pb2_grpc.HaloServiceServicer):
         async for grasp in self.engine.stream_grasps(job, self._deadline(context)):
             yield grasp_to_proto(grasp)
 
+    async def StreamMesh(self, request_iterator, context):  # noqa: N802 (gRPC method names)
+        async with self.engine.live_stream("grpc") as session:
+
+            async def frames() -> AsyncIterator[StreamFrame | RejectedFrame]:
+                while (message := await context.read()) is not grpc.aio.EOF:
+                    yield frame_from_proto(message, self.inputs)
+
+            async def send(reply: FrameReply) -> None:
+                await context.write(frame_reply_to_proto(reply))
+
+            if await session.serve(frames(), send) == "shutdown":
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "server shutting down")
+
 
 def _options(request: halo_pb2.GenerateGraspsRequest) -> GraspOptions:
     """The request's grasp options; fields left unset take the options' defaults (the same as REST's)."""
@@ -142,6 +192,26 @@ def _options(request: halo_pb2.GenerateGraspsRequest) -> GraspOptions:
     return grasp_options(fields)
 
 
+def check_bearer(metadata: dict, token: str | None) -> None:
+    """Raise UnauthenticatedError unless the call's metadata carries ``authorization: Bearer <token>`` (when one is set)."""
+    if token is not None:
+        given = str(metadata.get("authorization", ""))
+        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise UnauthenticatedError("authorization: missing or wrong bearer token")
+
+
+async def abort_with(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    """End the call with the error's status code and message (raises AbortError); internal errors are logged."""
+    code = status_for(error)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("call failed", exc_info=error)
+    await context.abort(code, str(error) if code != grpc.StatusCode.INTERNAL else "internal error")
+
+
+def _request_id(metadata: dict) -> str:
+    return str(metadata.get("x-request-id", ""))[:64] or uuid.uuid4().hex
+
+
 class _Call:
     """Per-call bookkeeping as an async context: request id, metrics, one log line, errors -> status codes."""
 
@@ -151,29 +221,21 @@ class _Call:
         self.status = "OK"
 
     async def __aenter__(self) -> _Call:
-        request_id = str(self.metadata.get("x-request-id", ""))[:64] or uuid.uuid4().hex
-        self.token = request_id_var.set(request_id)
+        self.token = request_id_var.set(_request_id(self.metadata))
         self.started = time.perf_counter()
         self.engine.metrics.inflight.inc()
         return self
 
     def admit(self) -> None:
         """Refuse the call if the token is wrong or the server is stopping."""
-        expected = self.engine.settings.auth_token
-        if expected is not None:
-            given = str(self.metadata.get("authorization", ""))
-            if not secrets.compare_digest(given.encode(), f"Bearer {expected}".encode()):
-                raise UnauthenticatedError("authorization: missing or wrong bearer token")
+        check_bearer(self.metadata, self.engine.settings.auth_token)
         self.engine.check_accepting(self.endpoint)
 
     async def __aexit__(self, exc_type: type | None, error: BaseException | None, tb: object) -> None:
         try:
             if isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
-                code = status_for(error)
-                self.status = code.name
-                if code == grpc.StatusCode.INTERNAL:
-                    log.error("call failed", exc_info=error)
-                await self.context.abort(code, str(error) if code != grpc.StatusCode.INTERNAL else "internal error")
+                self.status = status_for(error).name
+                await abort_with(self.context, error)
             elif error is not None and not isinstance(error, Exception):
                 self.status = "CANCELLED"
         finally:
@@ -221,6 +283,31 @@ def _guard_stream(engine: Engine, endpoint: str, handler: Callable) -> Callable:
     return guarded
 
 
+def _guard_live_stream(engine: Engine, handler: Callable) -> Callable:
+    """Auth and errors -> status codes for StreamMesh; a live stream has its own metrics and log line
+    (``halo_stream*``, "stream closed"), not a request's."""
+
+    @functools.wraps(handler)
+    async def guarded(request_iterator, context) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        token = request_id_var.set(_request_id(metadata))
+        try:
+            try:
+                check_bearer(metadata, engine.settings.auth_token)
+            except UnauthenticatedError:
+                engine.metrics.streams_refused.labels("grpc", "unauthenticated").inc()
+                raise
+            await handler(request_iterator, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await abort_with(context, error)
+        finally:
+            request_id_var.reset(token)
+
+    return guarded
+
+
 def guarded_servicer(engine: Engine) -> HaloServicer:
     """A servicer whose methods check auth, map errors to status codes and record metrics."""
     servicer = HaloServicer(engine)
@@ -228,6 +315,7 @@ def guarded_servicer(engine: Engine) -> HaloServicer:
         handler = getattr(servicer, method)
         guard = _guard_stream if method == "StreamGrasps" else _guard_unary
         setattr(servicer, method, guard(engine, endpoint, handler))
+    servicer.StreamMesh = _guard_live_stream(engine, servicer.StreamMesh)
     return servicer
 
 

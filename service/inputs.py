@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,11 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import models
 from models import RESOLUTIONS, grasps, skeleton
+from models.smoothing import DEFAULT_SMOOTH_ITERATIONS
 from service.config import Settings
 from service.errors import InputError, PayloadTooLargeError
 
 UPLOAD_FORMATS = ("obj", "ply", "stl", "glb")
 RESOLUTION_HELP = f"Final MISE grid: {', '.join(map(str, RESOLUTIONS[:-1]))} or {RESOLUTIONS[-1]} (server maximum applies)."
+# Ten iterations take the grid ridges off; far more starts to round the fingertips, and each costs CPU per frame.
+MAX_SMOOTH_ITERATIONS = 50
 
 
 class GraspOptions(BaseModel):
@@ -59,6 +63,25 @@ class MeshJob:
 
     hands: Sequence[HandInput]
     resolution: int
+
+
+@dataclass(frozen=True)
+class StreamFrame:
+    """One validated live-stream frame: the client's id for it, the hand, and how to mesh it."""
+
+    frame_id: int
+    hand: HandInput
+    resolution: int
+    smooth: int  # Taubin iterations
+    arrived: float = field(default_factory=time.perf_counter)  # its server latency counts from here
+
+
+@dataclass(frozen=True)
+class RejectedFrame:
+    """A live-stream frame that failed its checks (``frame_id`` None when the message had no readable id)."""
+
+    frame_id: int | None
+    error: InputError
 
 
 @dataclass(frozen=True)
@@ -187,6 +210,18 @@ class Inputs:
         if not 1 <= len(hands) <= self.settings.max_hands:
             raise InputError(f"hands: between 1 and {self.settings.max_hands} hands per request")
         return MeshJob(hands, self.resolution(resolution))
+
+    def smooth(self, requested: int | None) -> int:
+        """A live frame's Taubin iterations (None: the live default), checked against the limit."""
+        if requested is None:
+            return DEFAULT_SMOOTH_ITERATIONS
+        if not 0 <= requested <= MAX_SMOOTH_ITERATIONS:
+            raise InputError(f"smooth: {requested} is not between 0 and {MAX_SMOOTH_ITERATIONS} Taubin iterations")
+        return requested
+
+    def stream_frame(self, frame_id: int, hand: HandInput, resolution: int | None, smooth: int | None) -> StreamFrame:
+        """A live-stream frame's parsed hand + options -> a frame within the limits (same resolutions as meshes)."""
+        return StreamFrame(frame_id, hand, self.resolution(resolution), self.smooth(smooth))
 
     def occupancy(self, hand: HandInput, points: Any) -> OccupancyJob:
         """A parsed hand + (N,3) points, metres -> an occupancy job within the limits."""

@@ -23,6 +23,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from models import MeshStats
+
 # The *_created series double the exposition size and no dashboard uses them.
 disable_created_metrics()
 
@@ -30,12 +32,18 @@ disable_created_metrics()
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 # Physics check: held objects move well under 2 cm (the stability threshold), dropped ones ~120 cm.
+# Live-stream frames: a tracker sends every 11-33 ms; a frame is late past a few of those.
+FRAME_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 DISPLACEMENT_BUCKETS_CM = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 150.0)
 
 STAGES = ("canonicalize", "occupancy", "marching_cubes", "encode")
 DROP_REASONS = ("cancelled", "deadline")
 REJECT_REASONS = ("queue_full", "shutting_down")
 PHYSICS_FAILURES = ("crashed", "timed_out", "error")
+# Live streams (service/streams.py): the two front ends, what becomes of a frame, why a stream is refused.
+STREAM_PROTOCOLS = ("grpc", "websocket")
+FRAME_OUTCOMES = ("received", "meshed", "skipped", "rejected")
+STREAM_REFUSALS = ("limit", "shutting_down", "unavailable", "unauthenticated")
 # Execution lanes (service/batching.py): meshes and occupancy queries share one, grasp sampling has its own.
 LANES = ("mesh", "grasps")
 
@@ -184,6 +192,48 @@ class Metrics:
             "Fresh samples drawn to replace refined grasps that missed the object or penetrated it too deeply.",
             registry=reg,
         )
+        self.streams_active = Gauge(
+            "halo_streams_active",
+            "Live streams open right now, by protocol (grpc: StreamMesh, websocket: /stream).",
+            ["protocol"],
+            registry=reg,
+        )
+        self.streams_refused = Counter(
+            "halo_streams_refused",
+            "Live streams refused at opening, by protocol and reason (limit: max_streams reached).",
+            ["protocol", "reason"],
+            registry=reg,
+        )
+        self.stream_frames = Counter(
+            "halo_stream_frames",
+            "Live-stream frames by protocol and outcome: received, meshed, skipped (replaced by a newer frame "
+            "while waiting), rejected (invalid input or no room in the mesh lane).",
+            ["protocol", "outcome"],
+            registry=reg,
+        )
+        self.stream_frame_latency = Histogram(
+            "halo_stream_frame_latency_seconds",
+            "Server time of a meshed live-stream frame, from its arrival to its reply being ready.",
+            ["protocol"],
+            buckets=FRAME_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.stream_extractions = Counter(
+            "halo_stream_extractions",
+            "Meshed live-stream frames by extraction: seeded by the stream's previous frame, or meshed from "
+            "scratch for the named reason (start, jump, band_open, volume, part; see models/streaming.py).",
+            ["extraction"],
+            registry=reg,
+        )
+        for protocol in STREAM_PROTOCOLS:
+            self.streams_active.labels(protocol)
+            self.stream_frame_latency.labels(protocol)
+            for outcome in FRAME_OUTCOMES:
+                self.stream_frames.labels(protocol, outcome)
+            for reason in STREAM_REFUSALS:
+                self.streams_refused.labels(protocol, reason)
+        for extraction in ("seeded", "start"):
+            self.stream_extractions.labels(extraction)
         for stage in STAGES:
             self.stage_duration.labels(stage)
         for reason in PHYSICS_FAILURES:
@@ -202,6 +252,15 @@ class Metrics:
             self.lane_workers.labels(lane)
             for reason in REJECT_REASONS:
                 self.lane_rejected.labels(lane, reason)
+
+    def observe_mesh_stats(self, stats: MeshStats, batch_size: int, resolution: int) -> None:
+        """One meshing call of ``batch_size`` hands: its stage times, decoder points and meshes."""
+        self.batch_size.observe(batch_size)
+        self.stage_duration.labels("canonicalize").observe(stats.canonicalize_s)
+        self.stage_duration.labels("occupancy").observe(stats.occupancy_s)
+        self.stage_duration.labels("marching_cubes").observe(stats.marching_cubes_s)
+        self.points_evaluated.inc(stats.points_evaluated)
+        self.meshes.labels(str(resolution)).inc(batch_size)
 
     def set_lane_depth(self, lane: str, depth: int) -> None:
         """Record one lane's queue depth; ``halo_queue_depth`` (the autoscaling signal) stays the total."""

@@ -1,8 +1,9 @@
 """Process wiring: one event loop running uvicorn (REST) and grpc.aio (gRPC) over one engine.
 
 Lifecycle: bind both ports, load and warm the models (``/healthz`` answers meanwhile, ``/readyz``
-says 503), report ready. On SIGTERM / SIGINT: not ready at once, refuse new work, let every
-accepted request finish within the grace period, then return (the process exits 0).
+says 503), report ready. On SIGTERM / SIGINT: not ready at once, refuse new work, end the live
+streams (each answers the frame it is meshing, then closes: WebSocket 1001, gRPC UNAVAILABLE), let
+every accepted request finish within the grace period, then return (the process exits 0).
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class HaloServer:
             log_config=None,
             timeout_graceful_shutdown=int(self.settings.grace_period_s) or None,
             timeout_keep_alive=5,
+            ws_max_size=self.settings.max_body_bytes,
+            # Compressing every mesh reply would cost more CPU than the bytes it saves on a local network.
+            ws_per_message_deflate=False,
         )
         self._uvicorn = _Uvicorn(config)
         self._uvicorn_task = asyncio.get_running_loop().create_task(self._uvicorn.serve(sockets=[sock]))
@@ -83,12 +87,14 @@ class HaloServer:
         log.info("shutting down", extra={"grace_period_s": grace, "queued": self.engine.queued})
         self.engine.begin_shutdown()
         await set_serving(self._health, False)
-        if self._uvicorn is not None:
-            self._uvicorn.should_exit = True
         loop = asyncio.get_running_loop()
         started = loop.time()
+        # Before uvicorn's own shutdown, which would drop open WebSockets with 1012 and no reason.
+        await self.engine.close_streams(grace)
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
         try:
-            await asyncio.wait_for(self.engine.drain(), grace)
+            await asyncio.wait_for(self.engine.drain(), max(0.0, grace - (loop.time() - started)))
         except asyncio.TimeoutError:
             log.error("grace period over with work still queued", extra={"queued": self.engine.queued})
         # The last responses may still sit in socket buffers; closing a socket that holds unread

@@ -36,6 +36,30 @@ class GatedBase:
         return getattr(self._base, name)
 
 
+class GatedStreams:
+    """The real base model, but every frame of its live streams waits for ``gate`` (to hold a frame in meshing)."""
+
+    def __init__(self, base):
+        self._base = base
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def mesh_stream(self, *args, **kwargs):
+        stream = self._base.mesh_stream(*args, **kwargs)
+        mesh_frame = stream.mesh_with_stats
+
+        def gated(*frame_args, **frame_kwargs):
+            self.entered.set()
+            self.gate.wait(60)
+            return mesh_frame(*frame_args, **frame_kwargs)
+
+        stream.mesh_with_stats = gated
+        return stream
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+
 def wait_until(condition, timeout: float = 30.0) -> None:
     """Poll ``condition`` until true; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -36,7 +36,12 @@ def test_the_service_offers_the_methods_generic_clients_call_by_name():
 
     service = halo_pb2.DESCRIPTOR.services_by_name["HaloService"]
     assert service.full_name == "halo.v1.HaloService"
-    assert set(service.methods_by_name) == {"GenerateMesh", "QueryOccupancy", "GenerateGrasps", "StreamGrasps"}
+    assert set(service.methods_by_name) == {
+        "GenerateMesh", "QueryOccupancy", "GenerateGrasps", "StreamGrasps", "StreamMesh"
+    }
     assert service.methods_by_name["StreamGrasps"].server_streaming
+    live = service.methods_by_name["StreamMesh"]
+    assert live.client_streaming and live.server_streaming
+    assert (live.input_type.name, live.output_type.name) == ("MeshFrame", "MeshFrameReply")
     fields = {m: {f.name for f in halo_pb2.DESCRIPTOR.message_types_by_name[m].fields} for m in ("Hand", "Mesh")}
     assert fields == {"Hand": {"keypoints", "joint_order", "handedness"}, "Mesh": {"vertices", "faces"}}

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from service_helpers import wait_until
 
 from cli.files import load_keypoints
 from cli.main import main
+from tools.bench_live import stream_frames
 from tools.load import format_result, run_bench
 from tools.load_mix import format_mix_result, parse_mix, run_mix_bench
 
@@ -109,3 +111,41 @@ def test_bench_mesh_runs_on_the_chosen_device(tmp_path, restore_torch_threads, c
 def test_bench_mesh_on_cuda_without_a_gpu_is_a_clear_error(restore_torch_threads, capsys):
     assert main(["bench", "mesh", "--device", "cuda", "--resolutions", "64", "--batches", "1"]) == 2
     assert "device: cuda requested but CUDA is not available" in capsys.readouterr().err
+
+
+def test_live_stream_frames_go_there_and_back_without_a_jump():
+    sequence = np.arange(5)[:, None, None] * np.ones((1, 21, 3))
+    for offset in (0, 3):
+        frames = stream_frames(sequence, passes=2, offset=offset)[:, 0, 0]
+        assert len(frames) == 2 * 8 and frames[0] == offset
+        assert set(np.abs(np.diff(frames))) == {1.0}  # every step goes to a neighbouring frame, also between passes
+
+
+def test_bench_stream_through_a_server_reports_calibrated_rows(live_server, hand_keypoints, tmp_path,
+                                                               restore_torch_threads, capsys):
+    sequence = tmp_path / "sequence.npy"
+    np.save(sequence, _tracked(hand_keypoints[0], 6))
+    target = ["--url", live_server.http_url, "--grpc-target", live_server.grpc_target, "--sequence", str(sequence),
+              "--resolutions", "64", "--threads", "1"]
+    out = tmp_path / "live.json"
+    meshed_before = live_server.metric("halo_stream_frames_total", {"protocol": "grpc", "outcome": "meshed"})
+    assert main(["bench", "stream", "--protocol", "grpc", "--streams", "2", *target, "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["protocol"], row["resolution"], row["streams"]) == ("grpc", 64, 2)
+    assert row["frames_sent"] == row["frames_meshed"] == 2 * 10 and row["skipped"] == row["errors"] == 0  # lock-step
+    assert row["ms_per_frame_ratio"] == pytest.approx(row["ms_per_frame"] / 1000 / row["calibration_s"])
+    assert row["p99_ratio"] == pytest.approx(row["p99_ms"] / 1000 / row["calibration_s"])
+    assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["server_p50_ms"] > 0
+    assert 0 < row["frames_per_s_min"] <= row["frames_per_s_mean"]
+    assert live_server.metric("halo_stream_frames_total", {"protocol": "grpc", "outcome": "meshed"}) - meshed_before == 20
+    # On a clock (open loop) the newest frame wins: every frame sent is meshed or reported skipped.
+    assert main(["bench", "stream", "--protocol", "websocket", "--streams", "1", "--fps", "400", *target,
+                 "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["protocol"] == "websocket" and row["frames_meshed"] + row["skipped"] == row["frames_sent"] == 10
+    assert "websocket res  64 x1" in capsys.readouterr().out
+
+
+def _tracked(keypoints: np.ndarray, frames: int) -> np.ndarray:
+    """(21,3) -> (frames,21,3): the hand drifting 1 mm per frame, like a tracked hand holding still."""
+    return keypoints[None] + np.arange(frames)[:, None, None] * np.array([0.001, 0.0, 0.0])

@@ -3,6 +3,7 @@
 Usage: halo bench stream [--sequence kps_seq.pkl|frames.npy] [--resolutions 64,128] [--smooth 0]
 Defaults: HALO's tracked demo sequence beside the repository if present (else the project's synthetic one),
 and the published checkpoint there if present (the model the original's timings were measured on).
+The same streams through a server (``--protocol grpc|websocket``): ``tools.bench_live``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import models
@@ -34,18 +36,23 @@ class StreamBench:
     json_path: Path | None = None
 
 
+def bench_sequence(path: str | None) -> tuple[np.ndarray, str]:
+    """-> ((T,21,3) mano keypoints, metres; its name): the file at ``path``, else HALO's tracked demo sequence
+    beside the repository if present, else the project's synthetic open-fist-open sequence."""
+    sequence = path or (REFERENCE / "kps_seq.pkl" if (REFERENCE / "kps_seq.pkl").is_file() else None)
+    if sequence is not None:
+        return load_sequence(sequence), Path(sequence).name
+    vae, _ = load_vae_weights(REPO / "models" / "checkpoints" / "halo_vae.safetensors")
+    return synthetic_sequence(vae.skeleton), "synthetic open-fist-open"
+
+
 def run_stream_benchmark(bench: StreamBench) -> int:
     torch.set_num_threads(bench.threads)
     checkpoint = bench.checkpoint
     if checkpoint is None and (REFERENCE / "model_best.pt").is_file():
         checkpoint = str(REFERENCE / "model_best.pt")
     base = models.load_base(checkpoint)
-    sequence = bench.sequence or (REFERENCE / "kps_seq.pkl" if (REFERENCE / "kps_seq.pkl").is_file() else None)
-    if sequence is not None:
-        frames, source = load_sequence(sequence), Path(sequence).name
-    else:
-        vae, _ = load_vae_weights(REPO / "models" / "checkpoints" / "halo_vae.safetensors")
-        frames, source = synthetic_sequence(vae.skeleton), "synthetic open-fist-open"
+    frames, source = bench_sequence(bench.sequence)
     print(f"model {base.card['name']} ({base.card['sha256'][:12]}), sequence {source} ({len(frames)} frames), "
           f"torch threads {bench.threads}, smooth {bench.smooth}")
     rows = stream_benchmark(

@@ -4,23 +4,35 @@
         mesh = client.mesh(keypoints)                       # (21,3) metres -> trimesh.Trimesh
     with GrpcClient("127.0.0.1:50051") as client:
         meshes = client.meshes([kps_a, kps_b], resolution=64)
+        for reply in client.stream_meshes(live_frames(sequence, resolution=64)):   # a live stream
+            reply.frame_id, reply.mesh, reply.skipped_frames
+    with LiveSocket("http://127.0.0.1:8000") as socket:      # the same over the WebSocket /stream
+        for reply in socket.stream_meshes(live_frames(sequence)): ...
 
-Both raise ``HaloError`` (with the HTTP status or gRPC code and the server's message) on failure.
+All raise ``HaloError`` (with the HTTP status, gRPC code or WebSocket close code and the server's
+message) on failure; a live frame the server rejected comes back as a reply whose ``error`` is set.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import io
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import grpc
 import httpx
 import numpy as np
 import orjson
 import trimesh
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from service.codecs import mesh_to_packed
 from service.proto_gen.halo.v1 import halo_pb2, halo_pb2_grpc
@@ -50,6 +62,43 @@ class GraspResult:
     keypoints: np.ndarray  # (21,3) metres, MANO order, object frame
     mesh: trimesh.Trimesh
     metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LiveFrame:
+    """One frame of a live stream: (21,3) keypoints in metres and how to mesh them (None: the server's default)."""
+
+    frame_id: int
+    keypoints: Any
+    hand: str = "right"
+    joint_order: str = "mano"
+    resolution: int | None = None
+    smooth: int | None = None  # Taubin iterations; None: the server's live default (10)
+
+
+@dataclass
+class LiveReply:
+    """The server's answer to one live frame: its mesh (with vertex normals) or its error."""
+
+    frame_id: int | None
+    skipped_frames: int  # frames replaced by newer ones, never meshed, since the previous reply
+    mesh: trimesh.Trimesh | None = None
+    server_ms: float = 0.0  # the frame's arrival to its mesh being ready, on the server
+    seeded: bool = False  # meshed around the previous frame's surface
+    fallback: str = ""  # why it was meshed from scratch instead (start, jump, band_open, volume, part)
+    resolution: int = 0
+    error: HaloError | None = None
+
+
+def live_frames(sequence: Iterable[Any], first_id: int = 0, **options: Any) -> Iterator[LiveFrame]:
+    """(T,21,3) keypoints -> LiveFrames numbered from ``first_id``, each with ``options`` (hand, resolution, ...)."""
+    for index, keypoints in enumerate(sequence, start=first_id):
+        yield LiveFrame(index, keypoints, **options)
+
+
+def _live_mesh(vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray) -> trimesh.Trimesh:
+    return trimesh.Trimesh(vertices.reshape(-1, 3).astype(np.float64), faces.reshape(-1, 3).astype(np.int64),
+                           vertex_normals=normals.reshape(-1, 3).astype(np.float64), process=False)
 
 
 def _per_hand(hand: str | Sequence[str], count: int) -> list[str]:
@@ -90,6 +139,7 @@ class RestClient(_Closing):
 
     def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 300.0):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.token = token
         self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
@@ -183,6 +233,10 @@ class RestClient(_Closing):
             for g in orjson.loads(response.content)["grasps"]
         ]
 
+    def live_stream(self, encoding: str = "base64") -> LiveSocket:
+        """A live stream over this server's WebSocket ``/stream`` (with this client's token)."""
+        return LiveSocket(str(self.http.base_url), self.token, encoding)
+
     def models(self) -> dict:
         """What the server has loaded."""
         return self.http.get("/models").json()
@@ -195,10 +249,157 @@ class RestClient(_Closing):
             return False
 
 
+class LiveSocket(_Closing):
+    """A live stream over the WebSocket ``/stream``: ``send`` frames and ``receive`` replies (one thread each may
+    do so at once), or ``stream_meshes`` for both. ``encoding="base64"`` has meshes sent as packed arrays."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        token: str | None = None,
+        encoding: str = "base64",
+        token_in_query: bool = False,
+        open_timeout: float = 30.0,
+    ):
+        query = {"encoding": encoding} | ({"token": token} if token and token_in_query else {})
+        address = url.replace("http", "ws", 1).rstrip("/") + "/stream?" + urlencode(query)
+        headers = {"Authorization": f"Bearer {token}"} if token and not token_in_query else None
+        self.encoding = encoding
+        self._opened = contextlib.ExitStack()
+        self.connection = self._opened.enter_context(connect(
+            address, additional_headers=headers, max_size=None, compression=None, open_timeout=open_timeout,
+            legacy=False,
+        ))
+
+    def close(self) -> None:
+        self._opened.close()
+
+    def send(self, frame: LiveFrame) -> None:
+        """Send one frame (does not wait for its reply)."""
+        message = {
+            "frame_id": frame.frame_id,
+            **_hand_json(frame.keypoints, frame.joint_order, frame.hand),
+            "resolution": frame.resolution,
+            "smooth": frame.smooth,
+        }
+        self.connection.send(orjson.dumps(message).decode())
+
+    def receive(self, timeout: float | None = None) -> LiveReply:
+        """The next reply; HaloError(close code, reason) once the server closed the stream."""
+        try:
+            data = orjson.loads(self.connection.recv(timeout))
+        except ConnectionClosed as closed:
+            frame = closed.rcvd
+            raise HaloError(frame.code if frame else 1006, frame.reason if frame else "connection lost") from closed
+        reply = LiveReply(data["frame_id"], data["skipped_frames"])
+        if "error" in data:
+            reply.error = HaloError(data["error"]["status"], data["error"]["detail"])
+            return reply
+        arrays = {name: data[name] for name in ("vertices", "faces", "normals")}
+        if self.encoding == "base64":
+            types = {"vertices": "<f4", "faces": "<u4", "normals": "<f4"}
+            arrays = {name: np.frombuffer(base64.b64decode(text), types[name]) for name, text in arrays.items()}
+        reply.mesh = _live_mesh(*(np.asarray(arrays[name]) for name in ("vertices", "faces", "normals")))
+        reply.server_ms, reply.seeded, reply.fallback = data["server_ms"], data["seeded"], data["fallback"]
+        reply.resolution = data["resolution"]
+        return reply
+
+    def stream_meshes(self, frames: Iterable[LiveFrame]) -> Iterator[LiveReply]:
+        """Send ``frames`` as fast as they come (from a thread) and yield the replies until the one naming the last."""
+        frames = list(frames)
+        sender = threading.Thread(target=self._send_all, args=(frames,), daemon=True)
+        sender.start()
+        last = frames[-1].frame_id
+        while True:
+            reply = self.receive()
+            yield reply
+            if reply.frame_id == last:
+                break
+        sender.join()
+
+    def _send_all(self, frames: list[LiveFrame]) -> None:
+        try:
+            for frame in frames:
+                self.send(frame)
+        except ConnectionClosed:
+            pass  # the receiving side reports why
+
+
 def _mesh_from_proto(mesh: halo_pb2.Mesh) -> trimesh.Trimesh:
     vertices = np.frombuffer(mesh.vertices, dtype="<f4").reshape(-1, 3).astype(np.float64)
     faces = np.frombuffer(mesh.faces, dtype="<u4").reshape(-1, 3).astype(np.int64)
     return trimesh.Trimesh(vertices, faces, process=False)
+
+
+class LiveCall(_Closing):
+    """A live stream over gRPC (StreamMesh) with ``LiveSocket``'s interface: ``send`` frames, ``receive``
+    replies (one thread each may do so at once); ``finish`` says no more frames follow, ``close`` cancels."""
+
+    _END = object()
+
+    def __init__(self, stub: halo_pb2_grpc.HaloServiceStub, metadata: tuple):
+        self._outbox: queue.Queue = queue.Queue()
+        self._call = stub.StreamMesh(iter(self._outbox.get, self._END), metadata=metadata)
+
+    def send(self, frame: LiveFrame) -> None:
+        """Send one frame (does not wait for its reply)."""
+        self._outbox.put(_frame_proto(frame))
+
+    def receive(self) -> LiveReply:
+        """The next reply; HaloError(code name, message) once the call ended (``OK`` after ``finish``)."""
+        try:
+            return _reply_from_proto(next(self._call))
+        except StopIteration:
+            raise HaloError("OK", "the stream ended") from None
+        except grpc.RpcError as error:
+            raise HaloError(error.code().name, error.details() or "") from error
+
+    def finish(self) -> None:
+        """No more frames: the server answers what it has and ends the call."""
+        self._outbox.put(self._END)
+
+    def close(self) -> None:
+        self.finish()
+        self._call.cancel()
+
+
+@contextlib.contextmanager
+def open_live_stream(
+    protocol: str,
+    url: str = "http://127.0.0.1:8000",
+    grpc_target: str = "127.0.0.1:50051",
+    token: str | None = None,
+    encoding: str = "base64",
+) -> Iterator[LiveSocket | LiveCall]:
+    """A live stream over ``protocol`` (``grpc``: StreamMesh at ``grpc_target``; ``websocket``: ``/stream`` at
+    ``url``), closed on exit; both have ``send(frame)`` and ``receive()``."""
+    if protocol == "websocket":
+        with LiveSocket(url, token, encoding) as live:
+            yield live
+    else:
+        with GrpcClient(grpc_target, token) as client, client.live_stream() as live:
+            yield live
+
+
+def _frame_proto(frame: LiveFrame) -> halo_pb2.MeshFrame:
+    return halo_pb2.MeshFrame(
+        frame_id=frame.frame_id,
+        hand=_hand_proto(frame.keypoints, frame.joint_order, frame.hand),
+        resolution=frame.resolution or 0,
+        smooth=frame.smooth,
+    )
+
+
+def _reply_from_proto(message: halo_pb2.MeshFrameReply) -> LiveReply:
+    reply = LiveReply(message.frame_id, message.skipped_frames)
+    if message.HasField("error"):
+        reply.error = HaloError(message.error.code, message.error.message)
+        return reply
+    reply.mesh = _live_mesh(*(np.frombuffer(data, dtype) for data, dtype in (
+        (message.mesh.vertices, "<f4"), (message.mesh.faces, "<u4"), (message.normals, "<f4"))))
+    reply.server_ms, reply.seeded, reply.fallback = message.server_ms, message.seeded, message.fallback
+    reply.resolution = message.resolution
+    return reply
 
 
 def _hand_proto(keypoints: Any, joint_order: str, hand: str) -> halo_pb2.Hand:
@@ -253,6 +454,20 @@ class GrpcClient(_Closing):
     ) -> trimesh.Trimesh:
         """(21,3) keypoints, metres -> the hand mesh."""
         return self.meshes([keypoints], joint_order, hand, resolution, timeout)[0]
+
+    def stream_meshes(self, frames: Iterable[LiveFrame], timeout: float | None = None) -> Iterator[LiveReply]:
+        """A live stream (StreamMesh): ``frames`` are sent as the iterable yields them (it may wait, e.g. for
+        replies); yields one reply per meshed or rejected frame until the server has answered the last."""
+        requests = (_frame_proto(frame) for frame in frames)
+        try:
+            for message in self.stub.StreamMesh(requests, timeout=timeout, metadata=self.metadata):
+                yield _reply_from_proto(message)
+        except grpc.RpcError as error:
+            raise HaloError(error.code().name, error.details() or "") from error
+
+    def live_stream(self) -> LiveCall:
+        """A live stream (StreamMesh) with ``send`` / ``receive`` like ``LiveSocket``."""
+        return LiveCall(self.stub, self.metadata)
 
     def occupancy(self, keypoints: Any, points: Any, joint_order: str = "mano", hand: str = "right") -> np.ndarray:
         """(21,3) keypoints + (N,3) points, metres -> (N,) occupancy probabilities."""

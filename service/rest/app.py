@@ -1,4 +1,4 @@
-"""The FastAPI app: routes, error handlers, the viewer and the edge middleware over one engine."""
+"""The FastAPI app: routes, the live-stream WebSocket, error handlers, the viewer and the edge middleware over one engine."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from service.rest.errors import add_error_handlers
 from service.rest.middleware import EdgeMiddleware
 from service.rest.routes import models_router, open_router
 from service.rest.schemas import EXTRA_COMPONENTS
+from service.rest.stream import stream_router
 from service.rest.viewer import add_viewer
 
 
@@ -24,6 +25,7 @@ def create_app(engine: Engine) -> FastAPI:
     add_error_handlers(app)
     app.include_router(models_router)
     app.include_router(open_router)
+    app.include_router(stream_router)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

@@ -27,12 +27,14 @@ def get_inputs(request: Request) -> Inputs:
     return request.app.state.engine.inputs
 
 
+def token_matches(given: str, token: str | None) -> bool:
+    """True when the server needs no token or ``given`` is it (compared in constant time)."""
+    return token is None or secrets.compare_digest(given.encode(), token.encode())
+
+
 def check_token(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-    token = request.app.state.engine.settings.auth_token
-    if token is None:
-        return
     given = credentials.credentials if credentials is not None else ""
-    if not secrets.compare_digest(given.encode(), token.encode()):
+    if not token_matches(given, request.app.state.engine.settings.auth_token):
         raise UnauthorizedError()
 
 

@@ -27,6 +27,14 @@ class HandIn(BaseModel):
     hand: HandName = "right"
 
 
+class StreamFrameIn(HandIn):
+    """One frame of a live stream (WebSocket ``/stream``); absent options take their defaults, not the last frame's."""
+
+    frame_id: int = Field(ge=0, lt=2**64, description="The client's id for the frame; the reply to it carries it back.")
+    resolution: int | None = Field(None, description=RESOLUTION_HELP + " Another than the last frame's restarts the seed.")
+    smooth: int | None = Field(None, description="Taubin iterations, 0-50 (default 10; 0: the original surface).")
+
+
 class MeshRequest(BaseModel):
     """One hand (``keypoints``) or several (``hands``), meshed at ``resolution``."""
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12halo/v1/halo.proto\x12\x07halo.v1\"l\n\x04Hand\x12\x11\n\tkeypoints\x18\x01 \x03(\x02\x12(\n\x0bjoint_order\x18\x02 \x01(\x0e\x32\x13.halo.v1.JointOrder\x12\'\n\nhandedness\x18\x03 \x01(\x0e\x32\x13.halo.v1.Handedness\"\'\n\x04Mesh\x12\x10\n\x08vertices\x18\x01 \x01(\x0c\x12\r\n\x05\x66\x61\x63\x65s\x18\x02 \x01(\x0c\"G\n\x13GenerateMeshRequest\x12\x1c\n\x05hands\x18\x01 \x03(\x0b\x32\r.halo.v1.Hand\x12\x12\n\nresolution\x18\x02 \x01(\r\"5\n\x14GenerateMeshResponse\x12\x1d\n\x06meshes\x18\x01 \x03(\x0b\x32\r.halo.v1.Mesh\"D\n\x15QueryOccupancyRequest\x12\x1b\n\x04hand\x18\x01 \x01(\x0b\x32\r.halo.v1.Hand\x12\x0e\n\x06points\x18\x02 \x03(\x02\"/\n\x16QueryOccupancyResponse\x12\x15\n\rprobabilities\x18\x01 \x03(\x02\"p\n\x0cGraspMetrics\x12\x31\n\x06values\x18\x01 \x03(\x0b\x32!.halo.v1.GraspMetrics.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"_\n\x05Grasp\x12\x11\n\tkeypoints\x18\x01 \x03(\x02\x12\x1b\n\x04mesh\x18\x02 \x01(\x0b\x32\r.halo.v1.Mesh\x12&\n\x07metrics\x18\x03 \x01(\x0b\x32\x15.halo.v1.GraspMetrics\"\xc0\x01\n\x15GenerateGraspsRequest\x12\x1d\n\x06object\x18\x01 \x01(\x0b\x32\r.halo.v1.Mesh\x12\x13\n\x0bnum_samples\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x13\n\x06refine\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\nresolution\x18\x05 \x01(\r\x12\x0f\n\x07physics\x18\x06 \x01(\x08\x12 \n\x04rank\x18\x07 \x01(\x0e\x32\x12.halo.v1.GraspRankB\t\n\x07_refine\"8\n\x16GenerateGraspsResponse\x12\x1e\n\x06grasps\x18\x01 \x03(\x0b\x32\x0e.halo.v1.Grasp*n\n\nJointOrder\x12\x1b\n\x17JOINT_ORDER_UNSPECIFIED\x10\x00\x12\x14\n\x10JOINT_ORDER_MANO\x10\x01\x12\x17\n\x13JOINT_ORDER_BIOMECH\x10\x02\x12\x14\n\x10JOINT_ORDER_HALO\x10\x03*S\n\nHandedness\x12\x1a\n\x16HANDEDNESS_UNSPECIFIED\x10\x00\x12\x14\n\x10HANDEDNESS_RIGHT\x10\x01\x12\x13\n\x0fHANDEDNESS_LEFT\x10\x02*V\n\tGraspRank\x12\x1a\n\x16GRASP_RANK_UNSPECIFIED\x10\x00\x12\x13\n\x0fGRASP_RANK_NONE\x10\x01\x12\x18\n\x14GRASP_RANK_STABILITY\x10\x02\x32\xc2\x02\n\x0bHaloService\x12K\n\x0cGenerateMesh\x12\x1c.halo.v1.GenerateMeshRequest\x1a\x1d.halo.v1.GenerateMeshResponse\x12Q\n\x0eQueryOccupancy\x12\x1e.halo.v1.QueryOccupancyRequest\x1a\x1f.halo.v1.QueryOccupancyResponse\x12Q\n\x0eGenerateGrasps\x12\x1e.halo.v1.GenerateGraspsRequest\x1a\x1f.halo.v1.GenerateGraspsResponse\x12@\n\x0cStreamGrasps\x12\x1e.halo.v1.GenerateGraspsRequest\x1a\x0e.halo.v1.Grasp0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12halo/v1/halo.proto\x12\x07halo.v1\"l\n\x04Hand\x12\x11\n\tkeypoints\x18\x01 \x03(\x02\x12(\n\x0bjoint_order\x18\x02 \x01(\x0e\x32\x13.halo.v1.JointOrder\x12\'\n\nhandedness\x18\x03 \x01(\x0e\x32\x13.halo.v1.Handedness\"\'\n\x04Mesh\x12\x10\n\x08vertices\x18\x01 \x01(\x0c\x12\r\n\x05\x66\x61\x63\x65s\x18\x02 \x01(\x0c\"G\n\x13GenerateMeshRequest\x12\x1c\n\x05hands\x18\x01 \x03(\x0b\x32\r.halo.v1.Hand\x12\x12\n\nresolution\x18\x02 \x01(\r\"5\n\x14GenerateMeshResponse\x12\x1d\n\x06meshes\x18\x01 \x03(\x0b\x32\r.halo.v1.Mesh\"D\n\x15QueryOccupancyRequest\x12\x1b\n\x04hand\x18\x01 \x01(\x0b\x32\r.halo.v1.Hand\x12\x0e\n\x06points\x18\x02 \x03(\x02\"/\n\x16QueryOccupancyResponse\x12\x15\n\rprobabilities\x18\x01 \x03(\x02\"p\n\x0cGraspMetrics\x12\x31\n\x06values\x18\x01 \x03(\x0b\x32!.halo.v1.GraspMetrics.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"_\n\x05Grasp\x12\x11\n\tkeypoints\x18\x01 \x03(\x02\x12\x1b\n\x04mesh\x18\x02 \x01(\x0b\x32\r.halo.v1.Mesh\x12&\n\x07metrics\x18\x03 \x01(\x0b\x32\x15.halo.v1.GraspMetrics\"\xc0\x01\n\x15GenerateGraspsRequest\x12\x1d\n\x06object\x18\x01 \x01(\x0b\x32\r.halo.v1.Mesh\x12\x13\n\x0bnum_samples\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x13\n\x06refine\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\nresolution\x18\x05 \x01(\r\x12\x0f\n\x07physics\x18\x06 \x01(\x08\x12 \n\x04rank\x18\x07 \x01(\x0e\x32\x12.halo.v1.GraspRankB\t\n\x07_refine\"8\n\x16GenerateGraspsResponse\x12\x1e\n\x06grasps\x18\x01 \x03(\x0b\x32\x0e.halo.v1.Grasp\"n\n\tMeshFrame\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12\x1b\n\x04hand\x18\x02 \x01(\x0b\x32\r.halo.v1.Hand\x12\x12\n\nresolution\x18\x03 \x01(\r\x12\x13\n\x06smooth\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\t\n\x07_smooth\"+\n\nFrameError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xd5\x01\n\x0eMeshFrameReply\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12\x1b\n\x04mesh\x18\x02 \x01(\x0b\x32\r.halo.v1.Mesh\x12\x0f\n\x07normals\x18\x03 \x01(\x0c\x12\x16\n\x0eskipped_frames\x18\x04 \x01(\r\x12\x11\n\tserver_ms\x18\x05 \x01(\x02\x12\x0e\n\x06seeded\x18\x06 \x01(\x08\x12\x10\n\x08\x66\x61llback\x18\x07 \x01(\t\x12\x12\n\nresolution\x18\x08 \x01(\r\x12\"\n\x05\x65rror\x18\t \x01(\x0b\x32\x13.halo.v1.FrameError*n\n\nJointOrder\x12\x1b\n\x17JOINT_ORDER_UNSPECIFIED\x10\x00\x12\x14\n\x10JOINT_ORDER_MANO\x10\x01\x12\x17\n\x13JOINT_ORDER_BIOMECH\x10\x02\x12\x14\n\x10JOINT_ORDER_HALO\x10\x03*S\n\nHandedness\x12\x1a\n\x16HANDEDNESS_UNSPECIFIED\x10\x00\x12\x14\n\x10HANDEDNESS_RIGHT\x10\x01\x12\x13\n\x0fHANDEDNESS_LEFT\x10\x02*V\n\tGraspRank\x12\x1a\n\x16GRASP_RANK_UNSPECIFIED\x10\x00\x12\x13\n\x0fGRASP_RANK_NONE\x10\x01\x12\x18\n\x14GRASP_RANK_STABILITY\x10\x02\x32\x81\x03\n\x0bHaloService\x12K\n\x0cGenerateMesh\x12\x1c.halo.v1.GenerateMeshRequest\x1a\x1d.halo.v1.GenerateMeshResponse\x12Q\n\x0eQueryOccupancy\x12\x1e.halo.v1.QueryOccupancyRequest\x1a\x1f.halo.v1.QueryOccupancyResponse\x12Q\n\x0eGenerateGrasps\x12\x1e.halo.v1.GenerateGraspsRequest\x1a\x1f.halo.v1.GenerateGraspsResponse\x12@\n\x0cStreamGrasps\x12\x1e.halo.v1.GenerateGraspsRequest\x1a\x0e.halo.v1.Grasp0\x01\x12=\n\nStreamMesh\x12\x12.halo.v1.MeshFrame\x1a\x17.halo.v1.MeshFrameReply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GRASPMETRICS_VALUESENTRY']._loaded_options = None
   _globals['_GRASPMETRICS_VALUESENTRY']._serialized_options = b'8\001'
-  _globals['_JOINTORDER']._serialized_start=893
-  _globals['_JOINTORDER']._serialized_end=1003
-  _globals['_HANDEDNESS']._serialized_start=1005
-  _globals['_HANDEDNESS']._serialized_end=1088
-  _globals['_GRASPRANK']._serialized_start=1090
-  _globals['_GRASPRANK']._serialized_end=1176
+  _globals['_JOINTORDER']._serialized_start=1266
+  _globals['_JOINTORDER']._serialized_end=1376
+  _globals['_HANDEDNESS']._serialized_start=1378
+  _globals['_HANDEDNESS']._serialized_end=1461
+  _globals['_GRASPRANK']._serialized_start=1463
+  _globals['_GRASPRANK']._serialized_end=1549
   _globals['_HAND']._serialized_start=31
   _globals['_HAND']._serialized_end=139
   _globals['_MESH']._serialized_start=141
@@ -61,6 +61,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEGRASPSREQUEST']._serialized_end=833
   _globals['_GENERATEGRASPSRESPONSE']._serialized_start=835
   _globals['_GENERATEGRASPSRESPONSE']._serialized_end=891
-  _globals['_HALOSERVICE']._serialized_start=1179
-  _globals['_HALOSERVICE']._serialized_end=1501
+  _globals['_MESHFRAME']._serialized_start=893
+  _globals['_MESHFRAME']._serialized_end=1003
+  _globals['_FRAMEERROR']._serialized_start=1005
+  _globals['_FRAMEERROR']._serialized_end=1048
+  _globals['_MESHFRAMEREPLY']._serialized_start=1051
+  _globals['_MESHFRAMEREPLY']._serialized_end=1264
+  _globals['_HALOSERVICE']._serialized_start=1552
+  _globals['_HALOSERVICE']._serialized_end=1937
 # @@protoc_insertion_point(module_scope)

@@ -128,3 +128,45 @@ class GenerateGraspsResponse(_message.Message):
     GRASPS_FIELD_NUMBER: _ClassVar[int]
     grasps: _containers.RepeatedCompositeFieldContainer[Grasp]
     def __init__(self, grasps: _Optional[_Iterable[_Union[Grasp, _Mapping]]] = ...) -> None: ...
+
+class MeshFrame(_message.Message):
+    __slots__ = ("frame_id", "hand", "resolution", "smooth")
+    FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    HAND_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    frame_id: int
+    hand: Hand
+    resolution: int
+    smooth: int
+    def __init__(self, frame_id: _Optional[int] = ..., hand: _Optional[_Union[Hand, _Mapping]] = ..., resolution: _Optional[int] = ..., smooth: _Optional[int] = ...) -> None: ...
+
+class FrameError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class MeshFrameReply(_message.Message):
+    __slots__ = ("frame_id", "mesh", "normals", "skipped_frames", "server_ms", "seeded", "fallback", "resolution", "error")
+    FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    MESH_FIELD_NUMBER: _ClassVar[int]
+    NORMALS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SERVER_MS_FIELD_NUMBER: _ClassVar[int]
+    SEEDED_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    frame_id: int
+    mesh: Mesh
+    normals: bytes
+    skipped_frames: int
+    server_ms: float
+    seeded: bool
+    fallback: str
+    resolution: int
+    error: FrameError
+    def __init__(self, frame_id: _Optional[int] = ..., mesh: _Optional[_Union[Mesh, _Mapping]] = ..., normals: _Optional[bytes] = ..., skipped_frames: _Optional[int] = ..., server_ms: _Optional[float] = ..., seeded: _Optional[bool] = ..., fallback: _Optional[str] = ..., resolution: _Optional[int] = ..., error: _Optional[_Union[FrameError, _Mapping]] = ...) -> None: ...

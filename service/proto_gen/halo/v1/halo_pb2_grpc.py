@@ -54,6 +54,11 @@ class HaloServiceStub:
                 request_serializer=halo_dot_v1_dot_halo__pb2.GenerateGraspsRequest.SerializeToString,
                 response_deserializer=halo_dot_v1_dot_halo__pb2.Grasp.FromString,
                 _registered_method=True)
+        self.StreamMesh = channel.stream_stream(
+                '/halo.v1.HaloService/StreamMesh',
+                request_serializer=halo_dot_v1_dot_halo__pb2.MeshFrame.SerializeToString,
+                response_deserializer=halo_dot_v1_dot_halo__pb2.MeshFrameReply.FromString,
+                _registered_method=True)
 
 
 class HaloServiceServicer:
@@ -84,6 +89,16 @@ class HaloServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamMesh(self, request_iterator, context):
+        """A live hand: keypoint frames in, one reply per meshed or rejected frame out, each seeded by the
+        stream's previous frame. While a frame is meshed, a newer frame replaces the waiting one (counted in
+        skipped_frames). Ends OK after the reply to the last frame once the client closes its side;
+        RESOURCE_EXHAUSTED when max_streams are open; UNAVAILABLE "server shutting down" on shutdown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HaloServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +121,11 @@ def add_HaloServiceServicer_to_server(servicer, server):
                     servicer.StreamGrasps,
                     request_deserializer=halo_dot_v1_dot_halo__pb2.GenerateGraspsRequest.FromString,
                     response_serializer=halo_dot_v1_dot_halo__pb2.Grasp.SerializeToString,
+            ),
+            'StreamMesh': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamMesh,
+                    request_deserializer=halo_dot_v1_dot_halo__pb2.MeshFrame.FromString,
+                    response_serializer=halo_dot_v1_dot_halo__pb2.MeshFrameReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +236,33 @@ class HaloService:
             '/halo.v1.HaloService/StreamGrasps',
             halo_dot_v1_dot_halo__pb2.GenerateGraspsRequest.SerializeToString,
             halo_dot_v1_dot_halo__pb2.Grasp.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMesh(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/halo.v1.HaloService/StreamMesh',
+            halo_dot_v1_dot_halo__pb2.MeshFrame.SerializeToString,
+            halo_dot_v1_dot_halo__pb2.MeshFrameReply.FromString,
             options,
             channel_credentials,
             insecure,
