@@ -1,7 +1,8 @@
 """The web viewer: the page and its files over HTTP, then the page itself in headless Chromium (Debian's
 ``chromium``, driven by playwright; WebGL through SwiftShader) against a real server on 127.0.0.1.
 
-The browser tests keep their screenshots as docs/viewer.png and docs/viewer_grasps.png.
+The browser tests keep their screenshots as docs/viewer.png, docs/viewer_grasps.png, docs/viewer_live.png and
+docs/viewer_live_smoothing.png (the last frame of the live sequence, unsmoothed left, smoothed right).
 """
 
 from __future__ import annotations
@@ -219,6 +220,45 @@ def test_sequence_is_meshed_in_batches_and_plays(visit, live_server) -> None:
     visit.page.click("#play-button")
     visit.page.fill("#frame-slider", "9")
     assert visit.page.inner_text("#frame-label") == "frame 10 / 10"
+    assert visit.errors == []
+
+
+def _play_live(visit: Visit, smooth: str) -> dict:
+    """Plays the sample sequence once through the Live tab at resolution 64; the page's counts when it ends."""
+    visit.page.select_option("#live-resolution", "64")
+    visit.page.select_option("#live-smooth", smooth)
+    visit.page.uncheck("#live-loop")
+    visit.page.click("#live-button")
+    visit.page.wait_for_selector("body[data-live-ended]", state="attached", timeout=120_000)
+    return visit.page.evaluate("() => ({...document.body.dataset})")
+
+
+def test_live_tab_streams_the_sample_sequence_over_the_websocket(visit, live_server) -> None:
+    from PIL import Image
+
+    visit.wait_ready()
+    visit.page.click('#tabs button[data-tab="live"]')
+    visit.page.uncheck("#overlay")  # the surfaces alone, to compare the smoothing
+    meshed_before = live_server.metric("halo_stream_frames_total", {"protocol": "websocket", "outcome": "meshed"})
+    views = {}
+    for smooth in ("0", "10"):
+        counts = _play_live(visit, smooth)
+        assert counts["liveEnded"] == "sequence played"
+        # every frame sent is meshed or reported skipped: the newest frame won, the last one is always meshed
+        assert int(counts["liveMeshed"]) + int(counts["liveSkipped"]) == 90 and int(counts["liveMeshed"]) > 0
+        assert "Live stream ended" in visit.page.inner_text("#status")
+        views[smooth] = visit.canvas()
+        assert visit.skin_pixels().mean() > 0.01
+        if smooth == "10":
+            visit.page.screenshot(path=str(DOCS / "viewer_live.png"))
+    meshed = live_server.metric("halo_stream_frames_total", {"protocol": "websocket", "outcome": "meshed"})
+    assert meshed - meshed_before >= 2
+    # both end on the sequence's last frame: only the smoothing differs, and it shows
+    assert (views["0"] != views["10"]).any(axis=-1).mean() > 0.002
+    rows, columns = np.nonzero((views["0"] != views["10"]).any(axis=-1) | (views["10"].sum(-1) > 300))
+    crop = (slice(max(rows.min() - 40, 0), rows.max() + 40), slice(max(columns.min() - 40, 0), columns.max() + 40))
+    side_by_side = np.concatenate([views["0"][crop], views["10"][crop]], axis=1).astype(np.uint8)
+    Image.fromarray(side_by_side).save(DOCS / "viewer_live_smoothing.png")
     assert visit.errors == []
 
 

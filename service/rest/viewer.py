@@ -1,5 +1,5 @@
 """The web viewer: one static page at ``/`` (and ``/viewer``), its files under ``/static``, and the
-JSON it starts from (joint orders and their bones, the server's limits, the bundled sample hand).
+JSON it starts from (joint orders and their bones, the server's limits, the bundled sample hand and sequence).
 
 The page is open like ``/healthz``; the model endpoints it calls keep their bearer-token check, and the
 page asks for the token when one answers 401. Everything it loads comes from this server (three.js is
@@ -17,7 +17,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.staticfiles import StaticFiles
 
 from models import skeleton
-from models.assets import sample_hand
+from models.assets import sample_hand, sample_sequence
 from service.rest.schemas import JointOrderName
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -39,7 +39,7 @@ JOINT_ORDER_CHOICES = get_args(JointOrderName)
 
 
 def viewer_config(request: Request) -> dict:
-    """What the page needs before its first request: limits, joint orders with bones, the sample hand."""
+    """What the page needs before its first request: limits, joint orders with bones, the sample hand and sequence."""
     settings = request.app.state.engine.settings
     return {
         "resolutions": list(settings.resolutions),
@@ -50,6 +50,7 @@ def viewer_config(request: Request) -> dict:
         "max_upload_bytes": settings.max_upload_bytes,
         "joint_orders": {name: skeleton.bones(name).tolist() for name in JOINT_ORDER_CHOICES},
         "sample": sample_hand(),
+        "sample_sequence": sample_sequence(),
     }
 
 

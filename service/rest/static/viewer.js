@@ -1,7 +1,8 @@
-// HALO viewer: meshes, sequences and grasps from this server, drawn with the vendored three.js.
+// HALO viewer: meshes, sequences, live streams and grasps from this server, drawn with the vendored three.js.
 // Every request goes to this origin; the server's error messages start with the field they name, and
 // are shown next to that field.
 import * as THREE from "./vendor/three/three.module.min.js";
+import { LiveStream } from "./live.js";
 
 const SKIN = 0xe0a982;
 const OBJECT_COLOUR = 0x8fa3bf;
@@ -21,6 +22,7 @@ const state = {
   playing: false,
   grasps: [],
   selectedGrasp: 0,
+  live: null, // the LiveStream playing, if any
 };
 
 // ------------------------------------------------------------------ requests and errors
@@ -598,6 +600,9 @@ function selectTab(name) {
   requestRender();
   handTab.hidden = name !== "hand";
   graspTab.hidden = name !== "grasps";
+  liveTab.hidden = name !== "live";
+  if (name !== "live") stopLive();
+  else stopPlaying();
   const grasps = name === "grasps";
   graspGroup.visible = grasps;
   handMesh.visible = !grasps && $("#show-mesh").checked;
@@ -611,6 +616,101 @@ function selectTab(name) {
     if (state.keypoints) showOverlay(state.keypoints);
     frameObject(handMesh);
   }
+}
+
+// ------------------------------------------------------------------ the live tab
+
+const liveTab = $("#tab-live");
+
+async function liveFrames() {
+  const source = $("#live-source").value;
+  if (source === "sample") {
+    const { sample_sequence: sequence } = state.config;
+    $("#hand").value = sequence.hand;
+    $("#joint-order").value = sequence.joint_order;
+    return sequence.keypoints;
+  }
+  let text;
+  if (source === "upload") {
+    const file = $("#live-file").files[0];
+    if (!file) throw new ApiError(0, "sequence: choose a JSON file of (T,21,3) keypoints");
+    text = await file.text();
+  } else {
+    text = $("#keypoints").value;
+  }
+  const data = parseKeypointsText(text);
+  if (!isSequence(data)) throw new ApiError(0, "sequence: expected (T,21,3) keypoints, got one hand");
+  return data;
+}
+
+function showLiveStats(stats) {
+  const rows = [
+    ["meshed", `${stats.framesPerSecond.toFixed(0)} frames/s`],
+    ["frames", `${stats.sent} sent, ${stats.meshed} meshed, ${stats.skipped} skipped`],
+    ["seeded", stats.meshed ? `${((100 * stats.seeded) / stats.meshed).toFixed(0)} % of frames` : "-"],
+    ["server", `${formatMs(stats.serverP50)} (median)`],
+    ["round trip", `${formatMs(stats.roundTripP50)} median, ${formatMs(stats.roundTripP99)} p99`],
+  ];
+  $("#live-stats").replaceChildren(
+    ...rows.flatMap(([term, value]) => [
+      Object.assign(document.createElement("dt"), { textContent: term }),
+      Object.assign(document.createElement("dd"), { textContent: value }),
+    ]),
+  );
+  Object.assign(document.body.dataset, { liveMeshed: stats.meshed, liveSkipped: stats.skipped, liveFps: stats.framesPerSecond });
+  if (stats.lastError) showError(liveTab, new ApiError(422, stats.lastError));
+}
+
+function showLiveMesh({ positions, normals, indices, keypoints }) {
+  const geometry = new THREE.BufferGeometry();
+  geometry.setAttribute("position", new THREE.BufferAttribute(positions, 3));
+  geometry.setAttribute("normal", new THREE.BufferAttribute(normals, 3)); // the server's, for smooth shading
+  geometry.setIndex(new THREE.BufferAttribute(indices, 1));
+  const previous = handMesh.geometry;
+  showHand(geometry, keypoints);
+  previous.dispose();
+}
+
+async function startLive() {
+  stopLive();
+  const frames = await liveFrames();
+  frameSequence(frames);
+  const options = {
+    ...handOptions(),
+    resolution: Number($("#live-resolution").value),
+    smooth: Number($("#live-smooth").value),
+    fps: Number($("#live-fps").value),
+    loop: $("#live-loop").checked,
+    token: state.token,
+  };
+  const live = new LiveStream(frames, options, {
+    onMesh: showLiveMesh,
+    onStats: showLiveStats,
+    onEnd: (reason, clean, code) => {
+      if (state.live !== live) return;
+      state.live = null;
+      $("#live-button").textContent = "Start";
+      document.body.dataset.liveEnded = reason;
+      if (code === 1008) $("#token-form").hidden = false;
+      if (clean) setStatus(`Live stream ended: ${reason}.`);
+      else showError(liveTab, new ApiError(0, `live: ${reason}`));
+    },
+  });
+  state.live = live;
+  for (const key of ["liveMeshed", "liveSkipped", "liveFps", "liveEnded"]) delete document.body.dataset[key];
+  $("#live-button").textContent = "Stop";
+  setStatus(`Streaming ${frames.length} frames at ${options.fps} frames/s…`);
+  live.start();
+}
+
+function stopLive() {
+  if (!state.live) return;
+  const live = state.live;
+  state.live = null;
+  live.stop();
+  $("#live-button").textContent = "Start";
+  const { meshed, skipped } = live.stats();
+  setStatus(`Live stream stopped: ${meshed} frames meshed, ${skipped} skipped.`);
 }
 
 function stopPlaying() {
@@ -629,6 +729,7 @@ async function start() {
   fillSelect($("#joint-order"), Object.keys(config.joint_orders), config.sample.joint_order);
   fillSelect($("#resolution"), config.resolutions, config.default_resolution);
   fillSelect($("#grasp-resolution"), config.resolutions, config.resolutions[0]);
+  fillSelect($("#live-resolution"), config.resolutions, config.resolutions[0]);
   $("#num-samples").max = String(config.max_grasp_samples);
   $("#hand").value = config.sample.hand;
   $("#keypoints").value = JSON.stringify(config.sample.keypoints);
@@ -671,6 +772,8 @@ async function start() {
     guarded(graspTab, chooseObject);
   });
   $("#grasp-button").addEventListener("click", () => guarded(graspTab, sampleGrasps));
+  $("#live-button").addEventListener("click", () => (state.live ? stopLive() : guarded(liveTab, startLive)));
+  $("#live-file").addEventListener("change", () => ($("#live-source").value = "upload"));
   $("#show-all").addEventListener("change", showGraspMode);
   $("#prev-grasp").addEventListener("click", () => selectGrasp(state.selectedGrasp - 1));
   $("#next-grasp").addEventListener("click", () => selectGrasp(state.selectedGrasp + 1));
