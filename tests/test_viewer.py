@@ -63,7 +63,7 @@ def test_page_is_served_at_root_and_viewer_with_a_same_origin_csp(live_server) -
 
 def test_static_files_and_config(live_server) -> None:
     url = live_server.http_url
-    for name in ("viewer.js", "viewer.css", "favicon.svg", "vendor/three/three.module.min.js", "vendor/three/LICENSE"):
+    for name in ("viewer.js", "live.js", "viewer.css", "favicon.svg", "vendor/three/three.module.min.js", "vendor/three/LICENSE"):
         response = httpx.get(f"{url}/static/{name}")
         assert response.status_code == 200, name
         assert response.content == (STATIC_DIR / name).read_bytes()
@@ -76,6 +76,7 @@ def test_static_files_and_config(live_server) -> None:
     assert config["resolutions"] == list(settings.resolutions)
     assert config["default_resolution"] == settings.default_resolution
     assert config["sample"]["keypoints"] == SAMPLE["keypoints"]
+    assert np.shape(config["sample_sequence"]["keypoints"]) == (90, 21, 3)
     for order, bones in config["joint_orders"].items():
         # the bones join the same joints whatever the order: compare their end points on a random hand
         hand = np.random.default_rng(0).random((21, 3))
