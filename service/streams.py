@@ -100,6 +100,9 @@ class LiveStream:
         reader = asyncio.create_task(self._read(frames, send, writer))
         try:
             await asyncio.wait({writer})
+        except asyncio.CancelledError:  # the front end's call was cancelled: the client went away
+            self.ended = "gone"
+            raise
         finally:
             for task in (reader, writer):
                 task.cancel()

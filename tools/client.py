@@ -307,6 +307,8 @@ class LiveSocket(_Closing):
     def stream_meshes(self, frames: Iterable[LiveFrame]) -> Iterator[LiveReply]:
         """Send ``frames`` as fast as they come (from a thread) and yield the replies until the one naming the last."""
         frames = list(frames)
+        if not frames:
+            return
         sender = threading.Thread(target=self._send_all, args=(frames,), daemon=True)
         sender.start()
         last = frames[-1].frame_id
