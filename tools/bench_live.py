@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import re
 import signal
 import statistics
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -211,28 +213,36 @@ def _grasp_lane_busy(url: str) -> bool:
     return bool(match) and float(match.group(1)) >= 1
 
 
-def with_grasp_load(url: str, token: str | None, measure: Callable[[], dict]) -> tuple[dict, int]:
-    """Run ``measure()`` while two clients keep an 8-grasp request each in the server -> (its row, grasp requests done)."""
-    stop, done = threading.Event(), []
+def _grasp_client(url: str, token: str | None, stop: Any, done: Any) -> None:
+    """One grasp client's process: 8-grasp requests back to back until ``stop`` is set, counted in ``done``."""
     box = trimesh.creation.box(extents=(0.06, 0.08, 0.05))
+    with RestClient(url, token) as client:
+        while not stop.is_set():
+            with contextlib.suppress(HaloError, httpx.HTTPError):
+                client.grasps(box, num_samples=GRASP_SAMPLES)
+                with done.get_lock():
+                    done.value += 1
 
-    def grasp_client() -> None:
-        with RestClient(url, token) as client:
-            while not stop.is_set():
-                with contextlib.suppress(HaloError, httpx.HTTPError):
-                    client.grasps(box, num_samples=GRASP_SAMPLES)
-                    done.append(1)
 
-    clients = [threading.Thread(target=grasp_client, daemon=True) for _ in range(2)]
+def with_grasp_load(url: str, token: str | None, measure: Callable[[], dict]) -> tuple[dict, int]:
+    """Run ``measure()`` while two clients keep an 8-grasp request each in the server -> (its row, grasp requests done).
+
+    The grasp clients are processes of their own: decoding their responses in this process would hold the
+    interpreter lock against the stream being measured, and count the client's delay as the server's."""
+    context = multiprocessing.get_context("spawn")
+    stop, done = context.Event(), context.Value("i", 0)
+    clients = [context.Process(target=_grasp_client, args=(url, token, stop, done), daemon=True) for _ in range(2)]
     for client in clients:
         client.start()
     deadline = time.monotonic() + 120
     while not _grasp_lane_busy(url) and time.monotonic() < deadline:
         time.sleep(0.2)
     try:
-        return measure(), len(done)
+        return measure(), done.value
     finally:
         stop.set()
+        for client in clients:
+            client.join(timeout=120)
 
 
 @contextlib.contextmanager

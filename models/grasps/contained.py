@@ -28,6 +28,9 @@ from .parallel import available_cores, thread_map
 
 WORKER_COMMAND = "from models.grasps.contained import serve_pipes; serve_pipes()"
 START_TIMEOUT_S = 60.0  # a fresh worker imports numpy and the simulator before its first call
+# Workers run below the caller's priority: their calls are batch work (a grasp's physics check), and in a
+# server the threads answering live frames and meshes should not wait behind them for a core.
+WORKER_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ def shared_pool() -> ContainedPool:
 
 def serve_pipes() -> None:
     """A worker process's main: calls arrive on stdin and results leave on stdout (anything printed goes to stderr)."""
+    os.nice(WORKER_NICENESS)
     reply_fd = os.dup(1)
     os.dup2(2, 1)
     _serve(Connection(os.dup(0), writable=False), Connection(reply_fd, readable=False))
