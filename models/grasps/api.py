@@ -153,7 +153,7 @@ class HaloVAE:
         return keypoints[order], [results[i] for i in order]
 
     def sample(self, object_mesh: trimesh.Trimesh, n: int = 10, seed: int = 0, refine: bool = True,
-               resolution: int = 128, physics: bool = False, rank: str | None = None,
+               resolution: int = 128, physics: bool = False, rank: RankName | None = None,
                max_candidates: int = MAX_SAMPLES) -> list[Grasp]:
         """Object mesh (metres) -> n grasps, each with keypoints (21,3), hand mesh and metrics; raises ObjectError.
 
