@@ -38,6 +38,7 @@ import trimesh
 from tools.bench_mesh import calibration_seconds
 from tools.bench_stream import bench_sequence
 from tools.client import HaloError, LiveCall, LiveFrame, LiveReply, LiveSocket, RestClient, open_live_stream
+from tools.load import percentiles
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOCOLS = ("grpc", "websocket")
@@ -129,8 +130,9 @@ def play_stream(live: LiveSocket | LiveCall, frames: np.ndarray, resolution: int
 
 
 def _percentiles(values: list[float], scale: float = 1.0) -> dict[str, float]:
-    p50, p95, p99 = np.percentile(np.asarray(values) * scale, [50, 95, 99]) if values else (float("nan"),) * 3
-    return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99)}
+    """Values (times ``scale`` is milliseconds) -> their p50, p95 and p99 in ms (NaN when there are none)."""
+    p50, p95, p99 = percentiles([value * scale for value in values]) if values else (float("nan"),) * 3
+    return {"p50_ms": p50, "p95_ms": p95, "p99_ms": p99}
 
 
 def summarise(runs: list[StreamRun], calibration_s: float) -> dict:
