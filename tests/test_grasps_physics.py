@@ -9,10 +9,11 @@ import trimesh
 
 import models
 from models.data.objects import make_object, split_indices
-from models.grasps import collision, physics
+from models.grasps import collision, hand_object, physics
 from models.grasps.api import SHIPPED_VAE
 from models.grasps.contained import ContainedPool
 from models.grasps.hand_proxy import HandProxy
+from models.grasps.object_input import object_grids
 from models.hand_pose import DOF_NAMES, neutral_angles
 
 FIST = {"mcp_flexion": 40.0, "pip_flexion": 70.0, "dip_flexion": 40.0, "thumb_cmc_flexion": 50.0,
@@ -159,3 +160,23 @@ def test_rank_stability_returns_the_most_stable_of_twice_as_many_samples(vae) ->
     assert "stable" not in plain[0].metrics  # off by default
     with pytest.raises(ValueError, match=r"^rank"):
         vae.sample(obj, n=1, rank="best")
+
+
+def test_opposition_is_zero_for_contacts_on_opposite_sides_and_one_for_one_side() -> None:
+    sides = torch.tensor([[[1.0, 0, 0], [-1.0, 0, 0]], [[0, 0, 1.0], [0, 0, 1.0]]])
+    weights = torch.ones(2, 2)
+    torch.testing.assert_close(hand_object.opposition(sides, weights), torch.tensor([0.0, 1.0]))
+    # Nothing touching is as bad as touching from one side.
+    assert float(hand_object.opposition(sides, torch.zeros(2, 2))[0]) == 1.0
+
+
+def test_the_hold_score_prefers_a_fist_around_a_ball_to_a_palm_under_a_cube(fist_and_ball, vae) -> None:
+    radii, fist, ball = fist_and_ball
+    hand = posed(vae, {})
+    palm = hand[[0, 5, 9, 13, 17]].mean(0)
+    cube = trimesh.creation.box(extents=(0.03,) * 3)
+    cube.apply_translation(palm + physics.palm_normal(hand) * (float(radii.max()) + 0.015))  # resting on the palm
+    scores = [float(hand_object.hold_score(torch.as_tensor(keypoints, dtype=torch.float32)[None], vae.proxy,
+                                           object_grids([mesh], 40, 0.03)))
+              for keypoints, mesh in ((fist, ball), (hand, cube))]
+    assert scores[0] < 0.2 < 0.4 < scores[1], scores

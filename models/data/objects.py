@@ -1,4 +1,4 @@
-"""Procedural graspable objects at everyday sizes (2-15 cm), split by object into train / val / test.
+"""Procedural graspable objects at everyday sizes (1-15 cm), split by object into train / val / test.
 
 Object ``index`` fully determines the shape (kind, size, proportions, orientation), so the same index
 always gives the same mesh and the splits never share an object. Meshes are in metres, centred at
@@ -17,7 +17,7 @@ from scipy.spatial.transform import Rotation
 
 OBJECT_KINDS = (
     "box", "cylinder", "sphere", "ellipsoid", "capsule", "cone",
-    "torus", "mug", "bottle", "hull", "compound",
+    "torus", "mug", "bottle", "hull", "compound", "plate", "tool", "fruit",
 )
 SPLITS = ("train", "val", "test")
 MAX_SIZE_M, MAX_GRIP_M = 0.15, 0.08
@@ -98,6 +98,24 @@ def _primitive(kind: str, size: float, rng: np.random.Generator) -> trimesh.Trim
         for part in parts[1:]:
             part.apply_translation(rng.uniform(-0.25, 0.25, 3) * size)
         return trimesh.util.concatenate(parts)
+    if kind == "plate":  # books, phones, lids: flat, 0.8-2.5 cm thick
+        thickness = rng.uniform(0.008, 0.025)
+        if rng.random() < 0.5:
+            return _cylinder(size / 2, thickness)
+        return trimesh.creation.box(extents=[size, size * rng.uniform(0.4, 1.0), thickness])
+    if kind == "tool":  # a thin handle with a head at one end: hammers, spatulas, brushes
+        radius, length = rng.uniform(0.008, 0.018), size * rng.uniform(0.6, 0.8)
+        handle = _cylinder(radius, length)
+        head = trimesh.creation.box(extents=size * np.array([rng.uniform(0.2, 0.5), rng.uniform(0.1, 0.3), 0.0])
+                                    + [0, 0, rng.uniform(0.02, 0.04)])
+        head.apply_translation([0, 0, length / 2 + head.extents[2] / 2])
+        return trimesh.util.concatenate([handle, head])
+    if kind == "fruit":  # apples, pears, lemons: a smooth body that tapers towards one end
+        fruit = trimesh.creation.icosphere(subdivisions=3, radius=size / 2)
+        vertices = np.asarray(fruit.vertices)
+        taper = 1.0 - rng.uniform(0.0, 0.35) * (vertices[:, 2:] / (size / 2) + 1) / 2
+        fruit.vertices = vertices * np.hstack([taper, taper, np.full_like(taper, rng.uniform(0.8, 1.2))])
+        return fruit
     raise ValueError(f"kind: unknown object kind {kind!r}; expected one of {OBJECT_KINDS}")
 
 
@@ -105,7 +123,8 @@ def make_object(index: int) -> tuple[trimesh.Trimesh, str]:
     """Object number ``index`` -> (mesh in metres, bbox-centred, randomly rotated; its kind)."""
     rng = np.random.default_rng([index, 2021])
     kind = OBJECT_KINDS[index % len(OBJECT_KINDS)]
-    size = rng.uniform(0.05, 0.13) if kind in ("mug", "bottle", "compound") else rng.uniform(0.03, 0.14)
+    size = (rng.uniform(0.05, 0.13) if kind in ("mug", "bottle", "compound", "plate")
+            else rng.uniform(0.10, 0.15) if kind == "tool" else rng.uniform(0.03, 0.14))
     mesh = _primitive(kind, size, rng)
     # A hand closes around at most ~8 cm, so the thinnest side is capped there.
     extents = mesh.extents

@@ -130,6 +130,9 @@ def object_points(mesh: trimesh.Trimesh, basis: np.ndarray, seed: int = 0, inter
                         interior=inside, shell=shell, shell_depth=shell_depth)
 
 
+NORMAL_STEP_M = 0.002  # central-difference step of ObjectGrids.normals
+
+
 @dataclass
 class ObjectGrids:
     """Signed distance of O objects on regular grids (negative inside), for trilinear lookup."""
@@ -149,6 +152,13 @@ class ObjectGrids:
         grid = (2 * (inside - low) / (high - low) - 1)[:, :, None, None, :]
         sampled = F.grid_sample(self.sdf, grid, align_corners=True)[:, 0, :, 0, 0]
         return sampled + (points - inside).norm(dim=-1)
+
+    def normals(self, points: torch.Tensor, step: float = NORMAL_STEP_M) -> torch.Tensor:
+        """(O,N,3) points, metres -> (O,N,3) unit outward surface normals (central differences of the distance)."""
+        offsets = torch.cat([torch.eye(3), -torch.eye(3)]).to(points) * step  # (6,3)
+        probes = (points[:, :, None] + offsets).reshape(points.shape[0], -1, 3)
+        distance = self(probes).reshape(*points.shape[:2], 2, 3)
+        return F.normalize(distance[:, :, 0] - distance[:, :, 1], dim=-1)
 
 
 def object_grids(meshes: list[trimesh.Trimesh], size: int, margin: float) -> ObjectGrids:
