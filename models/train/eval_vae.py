@@ -34,7 +34,7 @@ import trimesh
 
 from ..api import load_base
 from ..data.objects import make_object, split_indices
-from ..data.real_objects import load_real_objects
+from ..data.real_objects import load_real_object, load_real_objects
 from ..grasps import field_protocol
 from ..grasps.api import SHIPPED_VAE, HaloVAE, load_vae
 from ..grasps.hand_object import RefineConfig
@@ -53,6 +53,7 @@ from ..weights import card_path, update_card
 from .vae import load_grasp_data
 
 PREVIEW_OBJECTS, PREVIEW_GRASPS = 3, 4  # the preview: test objects, refined grasps each
+PREVIEW_REAL_OBJECT = "can"  # and one row on this real object
 
 
 def physics_summary(results: list[PhysicsResult]) -> dict[str, float]:
@@ -308,10 +309,12 @@ def write_card(checkpoint: Path, config: EvalVAEConfig, result: dict) -> None:
 
 
 def write_preview(vae: HaloVAE, object_indices: list[int], path: Path, resolution: int, seed: int) -> None:
-    """PNG of ``PREVIEW_GRASPS`` refined grasps on each of the given test objects."""
+    """PNG of ``PREVIEW_GRASPS`` default grasps (as served) on each of the given test objects and on the real
+    ``PREVIEW_REAL_OBJECT``."""
+    named = [(f"test object {index} ({kind})", obj) for index in object_indices for obj, kind in [make_object(index)]]
+    named.append((f"real object: {PREVIEW_REAL_OBJECT}", prepare_object(load_real_object(PREVIEW_REAL_OBJECT))))
     rows = []
-    for index in object_indices:
-        obj, kind = make_object(index)
+    for title, obj in named:
         grasps = vae.sample(obj, n=PREVIEW_GRASPS, seed=seed, refine=True, resolution=resolution)
-        rows.append((f"test object {index} ({kind})", obj, [grasp.mesh for grasp in grasps]))
+        rows.append((title, obj, [grasp.mesh for grasp in grasps]))
     render_grasps(rows, path, columns=PREVIEW_GRASPS)
