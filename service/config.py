@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         description="How much lower the grasp lane's CPU priority is than the mesh lane's (Linux nice steps; 0: equal).",
     )
     torch_threads: int = Field(1, ge=0, description="PyTorch intra-op threads (0: PyTorch's default).")
+    # One coarse split per decoder call instead of OpenMP threads: no thread spins or waits between the
+    # small operations of a live frame, so a client on the same cores costs the frame little.
+    split_lone_frames: bool = Field(
+        True,
+        description="A live frame meshed while no other mesh-lane batch runs hands half of its decoder work to a helper thread.",
+    )
     request_timeout_s: float = Field(120.0, gt=0, description="Deadline for a request without its own.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
     max_upload_bytes: int = Field(20_000_000, ge=1024, description="Largest uploaded object file.")

@@ -104,8 +104,8 @@ def test_sparse_seed_grows_to_the_whole_surface(base, own_sequence):
     """Seeded from a tenth of the previous surface, closure still finds the whole hand (or falls back)."""
     stream = base.mesh_stream(config=StreamConfig(resolution=64, max_closure_rounds=20), smooth=0)
     stream.mesh(own_sequence[0])
-    previous = stream.mesher.previous
-    previous.vertices[0], previous.parts[0] = previous.vertices[0][::10], previous.parts[0][::10]
+    (seed,) = stream.mesher.previous
+    seed.vertices, seed.parts = seed.vertices[::10], seed.parts[::10]
     mesh = stream.mesh(own_sequence[1])
     assert chamfer_distance(mesh.vertices, base.mesh(own_sequence[1], resolution=64).vertices) <= MAX_CHAMFER_M
     assert stream.stats.seeded == 1 and max(stream.stats.closure_rounds) > 2
@@ -115,12 +115,12 @@ def test_sparse_seed_grows_to_the_whole_surface(base, own_sequence):
 def test_lost_piece_is_detected_and_meshed_from_scratch(base, own_sequence, tamper):
     stream = base.mesh_stream(resolution=64, smooth=0)
     stream.mesh(own_sequence[0])
-    previous = stream.mesher.previous
+    (seed,) = stream.mesher.previous
     if tamper == "volume":  # as if the last frame held a piece this one lacks
-        previous.volumes[0] *= 1.5
+        seed.volume *= 1.5
     else:
-        previous.part_counts = previous.part_counts.clone()  # the stream's tensors are inference tensors
-        previous.part_counts[0, 3] = 10 * previous.part_counts[0, 3] + 100  # index fingertip part
+        seed.part_counts = seed.part_counts.clone()  # the stream's tensors are inference tensors
+        seed.part_counts[3] = 10 * seed.part_counts[3] + 100  # index fingertip part
     mesh = stream.mesh(own_sequence[1])
     assert stream.stats.fallbacks == {"start": 1, tamper: 1}
     assert chamfer_distance(mesh.vertices, base.mesh(own_sequence[1], resolution=64).vertices) == 0.0

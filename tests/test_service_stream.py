@@ -123,8 +123,8 @@ def test_a_new_resolution_or_hand_meshes_from_scratch(live_server, sequence, pro
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_newest_frame_wins_while_a_frame_is_meshed(server_factory, sequence, protocol):
     server = server_factory(warmup=False)
-    gated = GatedStreams(server.engine.base)
-    server.engine.base = gated
+    gated = GatedStreams(server.engine.live_meshing)
+    server.engine.live_meshing = gated
     frames = list(live_frames(sequence[:10], resolution=64))
     with open_live_stream(protocol, server.http_url, server.grpc_target) as live:
         live.send(frames[0])
