@@ -43,8 +43,10 @@ class GatedStreams:
         self._meshing = meshing
         self.gate = threading.Event()
         self.entered = threading.Event()
+        self.batches: list[int] = []  # frames per batch
 
     def __call__(self, frames):
+        self.batches.append(len(frames))
         self.entered.set()
         self.gate.wait(60)
         return self._meshing(frames)

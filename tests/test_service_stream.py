@@ -142,6 +142,32 @@ def test_newest_frame_wins_while_a_frame_is_meshed(server_factory, sequence, pro
     assert frames_metric(server, protocol, "meshed") == 2
 
 
+def test_frames_of_streams_waiting_together_are_meshed_in_one_pass(server_factory, sequence):
+    server = server_factory(warmup=False, mesh_workers=1)
+    gated = GatedStreams(server.engine.live_meshing)
+    server.engine.live_meshing = gated
+    protocols = ("grpc", "websocket", "grpc")
+    opened = [open_live_stream(protocol, server.http_url, server.grpc_target) for protocol in protocols]
+    streams = [stream.__enter__() for stream in opened]
+    try:
+        streams[0].send(LiveFrame(0, sequence[0], resolution=64, smooth=0))
+        assert gated.entered.wait(30)  # the only worker holds stream 0's frame
+        for index, live in enumerate(streams[1:], start=1):
+            live.send(LiveFrame(index, sequence[10 * index], resolution=64, smooth=0))
+        wait_until(lambda: server.engine.mesh_lane.depth == 2)
+        gated.gate.set()
+        replies = [live.receive() for live in streams]
+    finally:
+        for stream in opened:
+            stream.__exit__(None, None, None)
+    assert gated.batches == [1, 2]  # the two frames that waited went through the model together
+    with RestClient(server.http_url) as rest:
+        for index, (reply, protocol) in enumerate(zip(replies, protocols, strict=True)):
+            assert reply.frame_id == index and reply.fallback == "start" and reply.mesh.is_watertight
+            single = rest.mesh(on_the_wire(sequence[10 * index], protocol), resolution=64)
+            assert max_distance(reply.mesh, single) <= MAX_DISTANCE_M
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_fast_client_gets_its_last_frame_meshed_and_every_frame_accounted_for(live_server, sequence, protocol):
     frames = list(live_frames(sequence[:40], resolution=64))
