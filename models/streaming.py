@@ -8,7 +8,9 @@ the surface it found one frame earlier. Here frame t+1 starts from frame t's sur
    the part's canonical transform T_b maps the model frame onto the part's canonical frame, so
    ``x' = T_b(t+1)^-1 T_b(t) x`` is where that piece of skin sits in frame t+1 if the part moved rigidly.
 2. **Evaluate a narrow band.** The fine grid cells (final resolution) around the carried vertices get
-   all their corners evaluated, in one decoder call for every hand of the batch.
+   all their corners evaluated, in one decoder call for every hand of the batch. Each hand works in a
+   crop of the grid around its carried surface (plus ``crop_margin_cells``), so the band's bookkeeping,
+   the fill and marching cubes touch a few times fewer grid points than the whole-skeleton crop.
 3. **Close the band.** The marching-cubes surface crosses a cell face exactly when the face's corners
    lie on both sides of 0.5; where such a face leads to a cell that is not yet evaluated, that cell is
    added and evaluated too, until no surface leaves the band. The band then holds every cell of each
@@ -24,6 +26,8 @@ the surface it found one frame earlier. Here frame t+1 starts from frame t's sur
    the full extraction drops small specks anyway.
 
 All tensors are batched over the hands of a frame (B hands, T points of all hands, V vertices).
+``step_streams`` meshes one frame of several streams (each with its own seeds) as one batch of hands, so
+live streams meshed together pay the per-call costs (decoder calls, band bookkeeping) once.
 """
 
 from __future__ import annotations
