@@ -55,10 +55,11 @@ class Settings(BaseSettings):
         description="How much lower the grasp lane's CPU priority is than the mesh lane's (Linux nice steps; 0: equal).",
     )
     torch_threads: int = Field(1, ge=0, description="PyTorch intra-op threads (0: PyTorch's default).")
-    # One coarse split per decoder call instead of OpenMP threads: no thread spins or waits between the
-    # small operations of a live frame, so a client on the same cores costs the frame little.
+    # One coarse split per decoder call instead of OpenMP threads (no thread spinning between the small
+    # operations of a frame). Off by default: on a loaded 2-core machine the helper found no idle core and
+    # a lone stream at 128 lost about a tenth of its frame rate; turn it on where a core is kept free.
     split_lone_frames: bool = Field(
-        True,
+        False,
         description="A live frame meshed while no other mesh-lane batch runs hands half of its decoder work to a helper thread.",
     )
     request_timeout_s: float = Field(120.0, gt=0, description="Deadline for a request without its own.")

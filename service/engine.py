@@ -65,7 +65,7 @@ class Engine:
             workers=settings.grasp_workers,
             nice=settings.grasp_nice,
         )
-        # A live frame meshed alone hands half of its decoder work to this thread (the otherwise idle core).
+        # With split_lone_frames, a live frame meshed alone hands half of its decoder work to this thread.
         self.split_thread = ThreadPoolExecutor(1, thread_name_prefix="halo-split") if settings.split_lone_frames else None
         self.live_meshing = LiveMeshing(self.mesh_lane, metrics, self.split_thread)
         self.device = str(models.resolve_device(settings.device))

@@ -11,7 +11,8 @@ together with a function that sends one ``FrameReply``. The session runs two tas
 - the writer meshes the pending frame in the engine's mesh lane (a worker thread, never the event loop)
   and sends its reply. A frame never waits for batch-mates, but frames of other streams (same
   resolution) queued while the workers were busy are meshed with it in one pass (``LiveMeshing``);
-  a frame meshed while no other mesh-lane batch runs splits its decoder work with a helper thread.
+  with ``split_lone_frames``, a frame meshed while no other mesh-lane batch runs splits its decoder work
+  with a helper thread.
 
 Each session owns a ``MeshStream`` (``HaloBase.mesh_stream``), so a frame is seeded by the same
 stream's last meshed frame; a frame with another resolution or hand than the last starts a fresh

@@ -168,6 +168,21 @@ def test_frames_of_streams_waiting_together_are_meshed_in_one_pass(server_factor
             assert max_distance(reply.mesh, single) <= MAX_DISTANCE_M
 
 
+def test_a_lone_frame_split_with_the_helper_thread_gives_the_same_meshes(server_factory, sequence):
+    server = server_factory(warmup=False, split_lone_frames=True)
+    assert server.engine.live_meshing.helper is not None
+    with open_live_stream("grpc", server.http_url, server.grpc_target) as live:
+        replies = []
+        for frame in live_frames(sequence[:3], resolution=64, smooth=0):
+            live.send(frame)
+            replies.append(live.receive())
+    assert [reply.seeded for reply in replies] == [False, True, True]
+    with RestClient(server.http_url) as rest:
+        for reply, keypoints in zip(replies, sequence[:3], strict=True):
+            single = rest.mesh(on_the_wire(keypoints, "grpc"), resolution=64)
+            assert reply.mesh.is_watertight and max_distance(reply.mesh, single) <= MAX_DISTANCE_M
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_fast_client_gets_its_last_frame_meshed_and_every_frame_accounted_for(live_server, sequence, protocol):
     frames = list(live_frames(sequence[:40], resolution=64))
