@@ -69,7 +69,7 @@ def run_stream_bench(args: argparse.Namespace) -> int:
         ))
     return run_stream_benchmark(StreamBench(
         sequence=args.sequence, checkpoint=args.checkpoint, resolutions=_int_list(args.resolutions),
-        smooth=args.smooth or 0, repeats=args.repeats, threads=args.threads, json_path=json_path,
+        smooth=args.smooth or 0, repeats=args.repeats, threads=args.threads, split=args.split, json_path=json_path,
     ))
 
 
@@ -89,6 +89,8 @@ def _add_stream(bench_commands: argparse._SubParsersAction) -> None:
                              "server: its live default)")
     parser.add_argument("--repeats", type=int, default=1, help="passes through the sequence (server: there and back)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the stream and the calibration")
+    parser.add_argument("--split", action="store_true",
+                        help="library: a helper thread takes half of each decoder call (as for a server's lone live frame)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     server = parser.add_argument_group("through a server")
     server.add_argument("--protocol", choices=("library", *PROTOCOLS), default="library")

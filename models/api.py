@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ from .meshing import DEFAULT_CULL_RADIUS_M, MeshStats, extract_model_meshes, to_
 from .occupancy import OccupancyDecoder, load_decoder
 from .skeleton import MIRROR, resolve_hand
 from .smoothing import DEFAULT_SMOOTH_ITERATIONS, taubin_smooth, vertex_normals
-from .streaming import StreamConfig, StreamMesher, StreamStats
+from .streaming import StreamConfig, StreamMesher, StreamStats, select_hands, step_streams
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 SHIPPED_BASE = CHECKPOINT_DIR / "halo_base.safetensors"
@@ -141,20 +144,18 @@ class MeshStream:
         """Frames meshed, hand-frames seeded by the previous frame, fallbacks to the full extraction by reason."""
         return self.mesher.stats
 
-    @torch.inference_mode()
     def mesh_with_stats(
         self,
         keypoints: np.ndarray | torch.Tensor,
         joint_order: str | Sequence[str] = "mano",
         hand: str | Sequence[str] = "right",
+        helper: Executor | None = None,
     ) -> tuple[list[trimesh.Trimesh], MeshStats]:
-        """One frame: (B,21,3) or (21,3) keypoints, metres -> (B watertight meshes, keypoint frame, metres; stage timings)."""
-        stats = MeshStats()
-        started = time.perf_counter()
-        canonical, is_left = self.base.prepare(keypoints, joint_order, hand)
-        stats.canonicalize_s = time.perf_counter() - started
-        model_meshes = self.mesher.step(canonical, stats)
-        return finish_meshes(model_meshes, canonical, is_left, self.smooth), stats
+        """One frame: (B,21,3) or (21,3) keypoints, metres -> (B watertight meshes, keypoint frame, metres; stage timings).
+
+        ``helper``: a thread pool that takes half of each decoder call (an otherwise idle core)."""
+        (meshes,), stats = mesh_streams([StreamKeypoints(self, keypoints, joint_order, hand)], helper)
+        return meshes, stats
 
     def mesh(
         self,
@@ -169,6 +170,53 @@ class MeshStream:
     def reset(self) -> None:
         """Forget the previous frame (e.g. the tracker lost the hand): the next frame is meshed from scratch."""
         self.mesher.reset()
+
+
+@dataclass
+class StreamKeypoints:
+    """One frame of a stream: its keypoints ((21,3) or (B,21,3) metres), joint order and hand (one, or one per hand)."""
+
+    stream: MeshStream
+    keypoints: np.ndarray | torch.Tensor
+    joint_order: str | Sequence[str] = "mano"
+    hand: str | Sequence[str] = "right"
+
+
+@torch.inference_mode()
+def mesh_streams(
+    frames: Sequence[StreamKeypoints], helper: Executor | None = None
+) -> tuple[list[list[trimesh.Trimesh]], MeshStats]:
+    """One frame of each of several streams of one base model -> (per stream its B_i meshes, stage timings of them all).
+
+    Every stage runs once for the hands of all the frames (``streaming.step_streams``), so live streams
+    meshed together share the per-call costs; each stream keeps its own seed and smoothing."""
+    base = frames[0].stream.base
+    if any(frame.stream.base is not base for frame in frames):
+        raise ValueError("frames: streams meshed together must belong to one base model")
+    stats = MeshStats()
+    started = time.perf_counter()
+    sizes = [len(frame.keypoints) if np.ndim(frame.keypoints) == 3 else 1 for frame in frames]
+    if len(frames) == 1:
+        keypoints, joint_orders, sides = frames[0].keypoints, frames[0].joint_order, frames[0].hand
+    else:  # one batch of mano-order hands
+        keypoints = np.concatenate([validate_keypoints(frame.keypoints, frame.joint_order) for frame in frames])
+        joint_orders = "mano"
+        sides = [side for frame, size in zip(frames, sizes, strict=True) for side in _per_hand(frame.hand, size, "hand")]
+    canonical, is_left = base.prepare(keypoints, joint_orders, sides)
+    stats.canonicalize_s = time.perf_counter() - started
+    bounds = np.cumsum([0, *sizes])
+    canonicals = [
+        select_hands(canonical, torch.arange(int(start), int(stop), device=base.device))
+        for start, stop in itertools.pairwise(bounds)
+    ]
+    model_meshes = step_streams([frame.stream.mesher for frame in frames], canonicals, stats, helper)
+    meshes = [
+        finish_meshes(stream_meshes, hands, is_left[start:stop], frame.stream.smooth)
+        for frame, stream_meshes, hands, start, stop in zip(
+            frames, model_meshes, canonicals, bounds[:-1], bounds[1:], strict=True
+        )
+    ]
+    return meshes, stats
 
 
 def _check_smooth(smooth: int) -> None:

@@ -14,6 +14,7 @@ decoder call. Two exact shortcuts keep it fast:
 from __future__ import annotations
 
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import mcubes
@@ -79,16 +80,27 @@ def part_distances(bones: torch.Tensor) -> torch.Tensor:
 
 
 class GridCrops:
-    """Per-hand crops of the (R+1)^3 grid, all of one shape, aligned to the coarse lattice."""
+    """Per-hand crops of the (R+1)^3 grid, all of one shape: (B,3) fine index of each crop's corner, fine cells per axis."""
 
-    def __init__(self, joints_model: torch.Tensor, resolution: int, coarse_step: int, margin: float) -> None:
+    def __init__(self, origin: torch.Tensor, cells: tuple[int, ...]) -> None:
+        self.origin = origin
+        self.cells = cells
+
+    @classmethod
+    def around_boxes(cls, low: torch.Tensor, high: torch.Tensor, lattice_cells: int, step: int) -> GridCrops:
+        """(B,3) box corners in cells of a lattice of ``lattice_cells`` per axis, ``step`` fine cells each -> crops holding the boxes."""
+        low, high = low.floor().clamp(0, lattice_cells), high.ceil().clamp(0, lattice_cells)
+        size = (high - low).amax(0).clamp_min(1)  # (3,) lattice cells per axis, shared by the batch
+        origin = (low.clamp(max=lattice_cells - size) * step).long()
+        return cls(origin, tuple(int(n) * step for n in size))
+
+    @classmethod
+    def around_skeletons(cls, joints_model: torch.Tensor, resolution: int, coarse_step: int, margin: float) -> GridCrops:
+        """(B,21,3) model-frame joints -> crops aligned to the coarse lattice holding every point within ``margin`` of them."""
         cells = resolution // coarse_step
         low = ((joints_model.amin(1) - margin) / BOX_SIZE + 0.5) * cells  # (B,3) in coarse cells
         high = ((joints_model.amax(1) + margin) / BOX_SIZE + 0.5) * cells
-        low, high = low.floor().clamp(0, cells), high.ceil().clamp(0, cells)
-        size = (high - low).amax(0).clamp_min(1)  # (3,) coarse cells per axis, shared by the batch
-        self.origin = (low.clamp(max=cells - size) * coarse_step).long()  # (B,3) fine index of each crop's corner
-        self.cells = tuple(int(n) * coarse_step for n in size)  # fine cells per axis
+        return cls.around_boxes(low, high, cells, coarse_step)
 
     def model_points(self, index: torch.Tensor, hand: torch.Tensor, resolution: int) -> torch.Tensor:
         """(T,3) crop indices, (T,) hand index -> (T,3) model-frame coordinates."""
@@ -102,6 +114,7 @@ def evaluate_occupancy(
     points: torch.Tensor,
     hand: torch.Tensor,
     cull_radius: float | None,
+    helper: Executor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """(T,3) model-frame points of hands ``hand`` (T,) -> ((T,) occupancy, points evaluated); culled points get 0."""
     counts = torch.bincount(hand, minlength=len(joints_model))
@@ -113,7 +126,9 @@ def evaluate_occupancy(
     near = torch.ones_like(values, dtype=torch.bool)
     if cull_radius is not None:
         near = bones.amin(-1) <= cull_radius * MODEL_SCALE
-    values[near] = decoder.nearest_parts_occupancy(points[near], hand[near], part_distances(bones[near]), code)
+    values[near] = decoder.nearest_parts_occupancy(
+        points[near], hand[near], part_distances(bones[near]), code, helper=helper
+    )
     return values, int(near.sum())
 
 
@@ -157,7 +172,7 @@ def mise(
     # Culled points are outside, so nothing beyond the cull radius needs a grid (the crop snaps outwards to
     # the coarse lattice, which keeps at least one layer of outside points around the hand).
     margin = cull_radius * MODEL_SCALE if cull_radius is not None else BOX_SIZE
-    crops = GridCrops(joints_model, resolution, step, margin)
+    crops = GridCrops.around_skeletons(joints_model, resolution, step, margin)
     batch, device = joints_model.shape[0], joints_model.device
     shape = (batch, *(cells + 1 for cells in crops.cells))
     values = torch.zeros(shape, device=device)

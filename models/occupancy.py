@@ -12,6 +12,8 @@ remains, and the 16 part MLPs then run as one batched matmul over parts.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,17 +178,19 @@ class OccupancyDecoder(nn.Module):
         code: HandCode,
         parts_per_point: int = 6,
         rows_per_chunk: int = 16_384,
+        helper: Executor | None = None,
     ) -> torch.Tensor:
         """(T,3) model-frame points of hands ``hand`` (T,), (T,P) distance to each part -> (T,) probabilities.
 
         The max runs over each point's ``parts_per_point`` nearest parts only: a part's MLP is only ever
         the largest near its own bone. The (point, part) pairs are grouped by (part, hand), each group
-        padded to whole blocks of rows that share one MLP, so the ragged work is a batched matmul over blocks."""
+        padded to whole blocks of rows that share one MLP, so the ragged work is a batched matmul over blocks.
+        ``helper``: a thread pool that computes the second half of the blocks meanwhile (an idle core)."""
         if len(hand) > 1 and bool((hand[1:] < hand[:-1]).any()):
             order = torch.argsort(hand, stable=True)
             result = torch.empty(len(points), device=points.device)
             result[order] = self.nearest_parts_occupancy(
-                points[order], hand[order], part_distance[order], code, parts_per_point, rows_per_chunk
+                points[order], hand[order], part_distance[order], code, parts_per_point, rows_per_chunk, helper
             )
             return result
         parts, hands = self.config.num_parts, code.bias.shape[0]
@@ -214,14 +218,13 @@ class OccupancyDecoder(nn.Module):
             self.output_weight.transpose(1, 2),  # (P,H,1)
             self.output_bias.unsqueeze(1),  # (P,1,1)
         )
+        blocks = inputs.view(-1, block, 3)
         chunk_blocks = max(1, rows_per_chunk // block)
+        if helper is not None:  # at least two chunks, one for each thread
+            chunk_blocks = min(chunk_blocks, max(1, (len(blocks) + 1) // 2))
+        chunks = list(zip(blocks.split(chunk_blocks), block_group.split(chunk_blocks), strict=True))
         logits = torch.cat(
-            [
-                self._block_logits(chunk, groups // hands, groups, weights)
-                for chunk, groups in zip(
-                    inputs.view(-1, block, 3).split(chunk_blocks), block_group.split(chunk_blocks), strict=True
-                )
-            ]
+            split_map(lambda chunk: self._block_logits(chunk[0], chunk[1] // hands, chunk[1], weights), chunks, helper)
         )
         best = torch.full((len(points),), -torch.inf, device=points.device)
         best.scatter_reduce_(0, pair_point, logits[slot], reduce="amax")
@@ -240,6 +243,20 @@ class OccupancyDecoder(nn.Module):
 
 
 MAX_BLOCK = 8192
+
+
+def split_map(fn: Callable, items: Sequence, helper: Executor | None) -> list:
+    """``[fn(item) for item in items]``; with a ``helper`` pool its second half runs there meanwhile (inference mode)."""
+    if helper is None or len(items) < 2:
+        return [fn(item) for item in items]
+    half = (len(items) + 1) // 2
+
+    def second_half() -> list:
+        with torch.inference_mode():  # grad mode is per thread
+            return [fn(item) for item in items[half:]]
+
+    later = helper.submit(second_half)
+    return [fn(item) for item in items[:half]] + later.result()
 
 
 def _block_size(pairs: int, groups: int) -> int:

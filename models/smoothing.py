@@ -24,10 +24,10 @@ def neighbour_mean_matrix(faces: np.ndarray, count: int) -> sparse.csr_matrix:
     """(F,3) faces, V -> (V,V) sparse matrix whose product with (V,3) positions gives each vertex's neighbour mean."""
     edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
     rows, cols = np.concatenate([edges[:, 0], edges[:, 1]]), np.concatenate([edges[:, 1], edges[:, 0]])
-    adjacency = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(count, count))
-    adjacency.data[:] = 1.0  # each edge is counted by both of its faces: keep one
-    degree = np.asarray(adjacency.sum(1)).ravel()
-    return sparse.diags(1.0 / np.maximum(degree, 1.0)) @ adjacency
+    mean = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(count, count))  # duplicates summed
+    degree = np.diff(mean.indptr)  # distinct neighbours per vertex (each edge is counted by both of its faces)
+    mean.data = np.repeat(1.0 / np.maximum(degree, 1), degree)  # row-normalised in place, no second matrix
+    return mean
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import pickle
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +68,12 @@ def stream_benchmark(
     smooth: int = 0,
     repeats: int = 1,
     log: Callable[[str], None] = print,
+    helper: Executor | None = None,
 ) -> list[dict]:
     """(T,21,3) keypoint frames -> one row per resolution: streamed and scratch ms/frame, frames/s, latency
-    percentiles, fallbacks, and each as a ratio to ``calibration()`` seconds (median over ``repeats``)."""
+    percentiles, fallbacks, and each as a ratio to ``calibration()`` seconds (median over ``repeats``).
+
+    ``helper``: a thread pool that takes half of each of the stream's decoder calls (as for a server's lone live frame)."""
     rows = []
     base.mesh(frames[0], resolution=64)  # warm-up
     for resolution in resolutions:
@@ -79,7 +83,7 @@ def stream_benchmark(
             stream = base.mesh_stream(resolution=resolution, smooth=smooth)
             for keypoints in frames:
                 started = time.perf_counter()
-                stream.mesh(keypoints)
+                stream.mesh_with_stats(keypoints, helper=helper)
                 streamed.append(time.perf_counter() - started)
             for reason, count in stream.stats.fallbacks.items():
                 fallbacks[reason] = fallbacks.get(reason, 0) + count

@@ -42,7 +42,7 @@ class _Item:
     run: BatchFn
     future: asyncio.Future
     deadline: float
-    solo: bool
+    eager: bool
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -100,13 +100,13 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def submit(
-        self, payloads: Sequence[Any], key: Hashable, run: BatchFn, deadline: float, solo: bool = False
+        self, payloads: Sequence[Any], key: Hashable, run: BatchFn, deadline: float, eager: bool = False
     ) -> list[Any]:
         """Queue ``payloads`` (batched with others of the same ``key`` through ``run``) and await results.
 
-        ``deadline`` is a ``time.monotonic()`` instant. ``solo``: the key is never shared (a live
-        stream's frame), so the batch starts as soon as a worker is free instead of waiting
-        ``max_delay_s`` for batch-mates. Raises QueueFullError at once when the queue cannot take
+        ``deadline`` is a ``time.monotonic()`` instant. ``eager`` (live stream frames): the batch starts
+        as soon as a worker is free, with the same-key items queued by then, instead of waiting
+        ``max_delay_s`` for more batch-mates. Raises QueueFullError at once when the queue cannot take
         every payload, DeadlineExceededError if the deadline passes while queued.
         """
         if len(self._queue) + len(payloads) > self.max_queue_size:
@@ -115,7 +115,7 @@ class Batcher:
                 f"queue full: the {self.lane} lane has {len(self._queue)} of {self.max_queue_size} items waiting"
             )
         loop = asyncio.get_running_loop()
-        items = [_Item(p, key, run, loop.create_future(), deadline, solo) for p in payloads]
+        items = [_Item(p, key, run, loop.create_future(), deadline, eager) for p in payloads]
         self._queue.extend(items)
         self._changed()
         self._arrived.set()
@@ -130,6 +130,11 @@ class Batcher:
     def depth(self) -> int:
         """Items waiting (not yet computing)."""
         return len(self._queue)
+
+    @property
+    def computing(self) -> int:
+        """Batches being computed now (readable from a compute thread)."""
+        return len(self._computing)
 
     async def drain(self) -> None:
         """Wait until the queue is empty and no batch is computing."""
@@ -183,7 +188,7 @@ class Batcher:
                 self._free_workers.release()
                 continue
             first = self._queue[0]
-            fill_until = first.enqueued + (0.0 if first.solo else self.max_delay_s)
+            fill_until = first.enqueued + (0.0 if first.eager else self.max_delay_s)
             while len(self._same_key(first.key)) < self.max_batch_size and time.monotonic() < fill_until:
                 self._arrived.clear()
                 with contextlib.suppress(asyncio.TimeoutError):

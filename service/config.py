@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         description="How much lower the grasp lane's CPU priority is than the mesh lane's (Linux nice steps; 0: equal).",
     )
     torch_threads: int = Field(1, ge=0, description="PyTorch intra-op threads (0: PyTorch's default).")
+    # One coarse split per decoder call instead of OpenMP threads (no thread spinning between the small
+    # operations of a frame). Off by default: on a loaded 2-core machine the helper found no idle core and
+    # a lone stream at 128 lost about a tenth of its frame rate; turn it on where a core is kept free.
+    split_lone_frames: bool = Field(
+        False,
+        description="A live frame meshed while no other mesh-lane batch runs hands half of its decoder work to a helper thread.",
+    )
     request_timeout_s: float = Field(120.0, gt=0, description="Deadline for a request without its own.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
     max_upload_bytes: int = Field(20_000_000, ge=1024, description="Largest uploaded object file.")

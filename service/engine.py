@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NoReturn
 
 import numpy as np
@@ -31,7 +32,7 @@ from service.errors import ModelUnavailableError, ShuttingDownError, StreamLimit
 from service.inputs import GraspJob, HandInput, Inputs, MeshJob, OccupancyJob
 from service.loading import describe_model, load_models, warm_up_grasps, warm_up_meshes
 from service.metrics import Metrics
-from service.streams import LiveStream
+from service.streams import LiveMeshing, LiveStream
 
 log = logging.getLogger("halo.engine")
 
@@ -64,6 +65,9 @@ class Engine:
             workers=settings.grasp_workers,
             nice=settings.grasp_nice,
         )
+        # With split_lone_frames, a live frame meshed alone hands half of its decoder work to this thread.
+        self.split_thread = ThreadPoolExecutor(1, thread_name_prefix="halo-split") if settings.split_lone_frames else None
+        self.live_meshing = LiveMeshing(self.mesh_lane, metrics, self.split_thread)
         self.device = str(models.resolve_device(settings.device))
         self.base: HaloBase | None = None
         self.vae: HaloVAE | None = None
@@ -215,7 +219,7 @@ class Engine:
         if len(self.streams) >= limit:
             error = StreamLimitError(f"streams: all {limit} live streams are open; try again later")
             self._refuse_stream(protocol, "limit", error)
-        session = LiveStream(self.require_base(), self.mesh_lane, self.metrics, protocol, self.deadline)
+        session = LiveStream(self.require_base(), self.live_meshing, self.metrics, protocol, self.deadline)
         self.streams.add(session)
         self._no_streams.clear()
         self.metrics.streams_active.labels(protocol).inc()
@@ -259,3 +263,5 @@ class Engine:
         """Release both lanes and their compute threads."""
         await self.mesh_lane.close()
         await self.grasp_lane.close()
+        if self.split_thread is not None:
+            self.split_thread.shutdown(wait=True)

@@ -8,8 +8,11 @@ together with a function that sends one ``FrameReply``. The session runs two tas
   stream goes on. A good frame goes to the one pending slot: while a frame is being meshed, a newer
   frame replaces the pending one, which counts as skipped and is reported in the next reply (the
   newest frame wins; nothing queues up behind a slow mesh, whatever the client's frame rate).
-- the writer meshes the pending frame in the engine's mesh lane (a worker thread, never the event loop;
-  a frame never waits for batch-mates) and sends its reply.
+- the writer meshes the pending frame in the engine's mesh lane (a worker thread, never the event loop)
+  and sends its reply. A frame never waits for batch-mates, but frames of other streams (same
+  resolution) queued while the workers were busy are meshed with it in one pass (``LiveMeshing``);
+  with ``split_lone_frames``, a frame meshed while no other mesh-lane batch runs splits its decoder work
+  with a helper thread.
 
 Each session owns a ``MeshStream`` (``HaloBase.mesh_stream``), so a frame is seeded by the same
 stream's last meshed frame; a frame with another resolution or hand than the last starts a fresh
@@ -24,13 +27,14 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Literal
 
 import trimesh
 
 from models import HaloBase
-from models.api import MeshStream
+from models.api import MeshStream, StreamKeypoints, mesh_streams
 from service.batching import Batcher
 from service.errors import DeadlineExceededError, QueueFullError
 from service.inputs import RejectedFrame, StreamFrame
@@ -67,12 +71,43 @@ Send = Callable[[FrameReply], Awaitable[None]]
 Incoming = AsyncIterator[StreamFrame | RejectedFrame]
 
 
+@dataclass(frozen=True)
+class _LiveFrame:
+    """A frame in the mesh lane, with the mesh stream that seeds it."""
+
+    stream: MeshStream
+    frame: StreamFrame
+
+
+class LiveMeshing:
+    """The mesh lane's batch function for live frames (one engine-wide instance, so frames of different
+    streams batch together): the frames of a batch, one per stream, all of one resolution, meshed in one pass."""
+
+    def __init__(self, lane: Batcher, metrics: Metrics, helper: Executor | None) -> None:
+        self.lane = lane
+        self.metrics = metrics
+        self.helper = helper  # takes half of each decoder call while no other mesh-lane batch runs
+
+    def __call__(self, frames: Sequence[_LiveFrame]) -> list[tuple[trimesh.Trimesh, str]]:
+        """Frames of several streams -> per frame (its mesh, why it was meshed from scratch or "")."""
+        helper = self.helper if self.lane.computing <= 1 else None
+        hands = [
+            StreamKeypoints(live.stream, live.frame.hand.keypoints, live.frame.hand.joint_order, live.frame.hand.hand)
+            for live in frames
+        ]
+        meshes, stats = mesh_streams(hands, helper)
+        self.metrics.observe_mesh_stats(stats, len(frames), frames[0].frame.resolution)
+        return [(mesh, f.stream.stats.last_fallbacks[0]) for (mesh,), f in zip(meshes, frames, strict=True)]
+
+
 class LiveStream:
     """One client's live stream: newest-frame-wins meshing of its frames, each seeded by its last one."""
 
-    def __init__(self, base: HaloBase, lane: Batcher, metrics: Metrics, protocol: str, deadline: Callable[[], float]):
+    def __init__(
+        self, base: HaloBase, meshing: LiveMeshing, metrics: Metrics, protocol: str, deadline: Callable[[], float]
+    ):
         self.base = base
-        self.lane = lane
+        self.meshing = meshing
         self.metrics = metrics
         self.protocol = protocol
         self.deadline = deadline
@@ -178,20 +213,11 @@ class LiveStream:
 
     async def _mesh(self, frame: StreamFrame) -> FrameReply:
         """Mesh one frame in the mesh lane -> its reply (an error reply if the lane refused it)."""
-        stream = self._stream_for(frame)
-
-        def run(frames: Sequence[StreamFrame]) -> list[tuple[trimesh.Trimesh, str]]:
-            (one,) = frames
-            seeded, fallbacks = stream.stats.seeded, dict(stream.stats.fallbacks)
-            meshes, stats = stream.mesh_with_stats(one.hand.keypoints, one.hand.joint_order, one.hand.hand)
-            self.metrics.observe_mesh_stats(stats, 1, one.resolution)
-            if stream.stats.seeded > seeded:
-                return [(meshes[0], "")]
-            reason = next(r for r, n in stream.stats.fallbacks.items() if n > fallbacks.get(r, 0))
-            return [(meshes[0], reason)]
-
+        live = _LiveFrame(self._stream_for(frame), frame)
         try:
-            ((mesh, fallback),) = await self.lane.submit([frame], ("stream", self), run, self.deadline(), solo=True)
+            ((mesh, fallback),) = await self.meshing.lane.submit(
+                [live], ("stream", frame.resolution), self.meshing, self.deadline(), eager=True
+            )
         except (QueueFullError, DeadlineExceededError) as error:
             self._count("rejected")
             return FrameReply(frame.frame_id, self._take_skipped(), error=error)

@@ -37,27 +37,22 @@ class GatedBase:
 
 
 class GatedStreams:
-    """The real base model, but every frame of its live streams waits for ``gate`` (to hold a frame in meshing)."""
+    """The server's live-frame meshing, but every batch of live frames waits for ``gate`` (to hold a frame in meshing)."""
 
-    def __init__(self, base):
-        self._base = base
+    def __init__(self, meshing):
+        self._meshing = meshing
         self.gate = threading.Event()
         self.entered = threading.Event()
+        self.batches: list[int] = []  # frames per batch
 
-    def mesh_stream(self, *args, **kwargs):
-        stream = self._base.mesh_stream(*args, **kwargs)
-        mesh_frame = stream.mesh_with_stats
-
-        def gated(*frame_args, **frame_kwargs):
-            self.entered.set()
-            self.gate.wait(60)
-            return mesh_frame(*frame_args, **frame_kwargs)
-
-        stream.mesh_with_stats = gated
-        return stream
+    def __call__(self, frames):
+        self.batches.append(len(frames))
+        self.entered.set()
+        self.gate.wait(60)
+        return self._meshing(frames)
 
     def __getattr__(self, name):
-        return getattr(self._base, name)
+        return getattr(self._meshing, name)
 
 
 def wait_until(condition, timeout: float = 30.0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,13 @@ import trimesh
 
 import models
 from models import skeleton
+from models.api import StreamKeypoints, mesh_streams
 from models.canonical import MODEL_SCALE, canonicalize
 from models.geometry import chamfer_distance
 from models.grasps.model import load_vae_weights
 from models.meshing import MISE_LEVELS, MeshStats, extract_model_meshes
 from models.stream_bench import load_sequence, stream_benchmark, synthetic_sequence
-from models.streaming import StreamConfig, carry_vertices, select_hands
+from models.streaming import StreamConfig, carry_vertices, select_hands, step_streams
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KPS_SEQ = REPO_ROOT.parent / "shared" / "halo_reference" / "kps_seq.pkl"
@@ -104,8 +106,8 @@ def test_sparse_seed_grows_to_the_whole_surface(base, own_sequence):
     """Seeded from a tenth of the previous surface, closure still finds the whole hand (or falls back)."""
     stream = base.mesh_stream(config=StreamConfig(resolution=64, max_closure_rounds=20), smooth=0)
     stream.mesh(own_sequence[0])
-    previous = stream.mesher.previous
-    previous.vertices[0], previous.parts[0] = previous.vertices[0][::10], previous.parts[0][::10]
+    (seed,) = stream.mesher.previous
+    seed.vertices, seed.parts = seed.vertices[::10], seed.parts[::10]
     mesh = stream.mesh(own_sequence[1])
     assert chamfer_distance(mesh.vertices, base.mesh(own_sequence[1], resolution=64).vertices) <= MAX_CHAMFER_M
     assert stream.stats.seeded == 1 and max(stream.stats.closure_rounds) > 2
@@ -115,12 +117,12 @@ def test_sparse_seed_grows_to_the_whole_surface(base, own_sequence):
 def test_lost_piece_is_detected_and_meshed_from_scratch(base, own_sequence, tamper):
     stream = base.mesh_stream(resolution=64, smooth=0)
     stream.mesh(own_sequence[0])
-    previous = stream.mesher.previous
+    (seed,) = stream.mesher.previous
     if tamper == "volume":  # as if the last frame held a piece this one lacks
-        previous.volumes[0] *= 1.5
+        seed.volume *= 1.5
     else:
-        previous.part_counts = previous.part_counts.clone()  # the stream's tensors are inference tensors
-        previous.part_counts[0, 3] = 10 * previous.part_counts[0, 3] + 100  # index fingertip part
+        seed.part_counts = seed.part_counts.clone()  # the stream's tensors are inference tensors
+        seed.part_counts[3] = 10 * seed.part_counts[3] + 100  # index fingertip part
     mesh = stream.mesh(own_sequence[1])
     assert stream.stats.fallbacks == {"start": 1, tamper: 1}
     assert chamfer_distance(mesh.vertices, base.mesh(own_sequence[1], resolution=64).vertices) == 0.0
@@ -139,6 +141,46 @@ def test_two_hands_left_and_right_in_one_stream(base, own_sequence):
     assert stream.stats.seeded == 4 and stream.stats.fallbacks == {"start": 2}
     stream.mesh(frames[0])  # one hand now: the stream restarts
     assert stream.stats.fallbacks == {"start": 3}
+
+
+def test_streams_meshed_together_give_each_stream_its_own_meshes(base, own_sequence):
+    """Three streams (one of two hands, one joining late) meshed in one pass == each meshed on its own."""
+    together = [base.mesh_stream(resolution=64, smooth=smooth) for smooth in (0, 3, 0)]
+    alone = [base.mesh_stream(resolution=64, smooth=smooth) for smooth in (0, 3, 0)]
+    for index in range(4):
+        frames = [own_sequence[index], own_sequence[[index + 10, index + 20]], own_sequence[index + 30]]
+        joined = [0, 1] if index < 2 else [0, 1, 2]
+        batch = [StreamKeypoints(together[s], frames[s], hand="left" if s == 1 else "right") for s in joined]
+        meshes, stats = mesh_streams(batch)
+        assert stats.points_evaluated > 0
+        for s, stream_meshes in zip(joined, meshes, strict=True):
+            expected = alone[s].mesh_with_stats(frames[s], hand="left" if s == 1 else "right")[0]
+            assert len(stream_meshes) == len(expected)
+            for mesh, reference in zip(stream_meshes, expected, strict=True):
+                np.testing.assert_array_equal(mesh.faces, reference.faces)
+                # float32 matmuls over other batch shapes round differently: a micron, far below the grid step
+                np.testing.assert_allclose(mesh.vertices, reference.vertices, rtol=0, atol=1e-6)
+    for joined_stream, own_stream in zip(together, alone, strict=True):
+        assert joined_stream.stats.seeded == own_stream.stats.seeded > 0
+        assert joined_stream.stats.fallbacks == own_stream.stats.fallbacks
+        assert joined_stream.stats.points_evaluated == own_stream.stats.points_evaluated
+    assert together[1].stats.last_fallbacks == ["", ""] and together[2].stats.fallbacks == {"start": 1}
+
+
+def test_streams_of_other_configs_are_not_meshed_together(base, own_sequence):
+    canonical = canonicalize(torch.from_numpy(own_sequence[:1]))
+    streams = [base.mesh_stream(resolution=resolution).mesher for resolution in (64, 128)]
+    with pytest.raises(ValueError, match="meshers"):
+        step_streams(streams, [canonical, canonical])
+
+
+def test_a_helper_thread_takes_half_the_decoder_work_and_changes_no_mesh(base, own_sequence):
+    plain, helped = base.mesh_stream(resolution=64, smooth=0), base.mesh_stream(resolution=64, smooth=0)
+    with ThreadPoolExecutor(1) as helper:
+        for keypoints in own_sequence[:3]:
+            (mesh,), _ = helped.mesh_with_stats(keypoints, helper=helper)
+            np.testing.assert_array_equal(mesh.vertices, plain.mesh(keypoints).vertices)
+    assert helped.stats.seeded == plain.stats.seeded == 2
 
 
 def test_bones_carry_their_joints_exactly(own_sequence):

@@ -123,8 +123,8 @@ def test_a_new_resolution_or_hand_meshes_from_scratch(live_server, sequence, pro
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_newest_frame_wins_while_a_frame_is_meshed(server_factory, sequence, protocol):
     server = server_factory(warmup=False)
-    gated = GatedStreams(server.engine.base)
-    server.engine.base = gated
+    gated = GatedStreams(server.engine.live_meshing)
+    server.engine.live_meshing = gated
     frames = list(live_frames(sequence[:10], resolution=64))
     with open_live_stream(protocol, server.http_url, server.grpc_target) as live:
         live.send(frames[0])
@@ -140,6 +140,47 @@ def test_newest_frame_wins_while_a_frame_is_meshed(server_factory, sequence, pro
     assert first.mesh.is_watertight and last.mesh.is_watertight
     assert frames_metric(server, protocol, "skipped") == 8
     assert frames_metric(server, protocol, "meshed") == 2
+
+
+def test_frames_of_streams_waiting_together_are_meshed_in_one_pass(server_factory, sequence):
+    server = server_factory(warmup=False, mesh_workers=1)
+    gated = GatedStreams(server.engine.live_meshing)
+    server.engine.live_meshing = gated
+    protocols = ("grpc", "websocket", "grpc")
+    opened = [open_live_stream(protocol, server.http_url, server.grpc_target) for protocol in protocols]
+    streams = [stream.__enter__() for stream in opened]
+    try:
+        streams[0].send(LiveFrame(0, sequence[0], resolution=64, smooth=0))
+        assert gated.entered.wait(30)  # the only worker holds stream 0's frame
+        for index, live in enumerate(streams[1:], start=1):
+            live.send(LiveFrame(index, sequence[10 * index], resolution=64, smooth=0))
+        wait_until(lambda: server.engine.mesh_lane.depth == 2)
+        gated.gate.set()
+        replies = [live.receive() for live in streams]
+    finally:
+        for stream in opened:
+            stream.__exit__(None, None, None)
+    assert gated.batches == [1, 2]  # the two frames that waited went through the model together
+    with RestClient(server.http_url) as rest:
+        for index, (reply, protocol) in enumerate(zip(replies, protocols, strict=True)):
+            assert reply.frame_id == index and reply.fallback == "start" and reply.mesh.is_watertight
+            single = rest.mesh(on_the_wire(sequence[10 * index], protocol), resolution=64)
+            assert max_distance(reply.mesh, single) <= MAX_DISTANCE_M
+
+
+def test_a_lone_frame_split_with_the_helper_thread_gives_the_same_meshes(server_factory, sequence):
+    server = server_factory(warmup=False, split_lone_frames=True)
+    assert server.engine.live_meshing.helper is not None
+    with open_live_stream("grpc", server.http_url, server.grpc_target) as live:
+        replies = []
+        for frame in live_frames(sequence[:3], resolution=64, smooth=0):
+            live.send(frame)
+            replies.append(live.receive())
+    assert [reply.seeded for reply in replies] == [False, True, True]
+    with RestClient(server.http_url) as rest:
+        for reply, keypoints in zip(replies, sequence[:3], strict=True):
+            single = rest.mesh(on_the_wire(keypoints, "grpc"), resolution=64)
+            assert reply.mesh.is_watertight and max_distance(reply.mesh, single) <= MAX_DISTANCE_M
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -8,7 +8,9 @@ The same streams through a server (``--protocol grpc|websocket``): ``tools.bench
 
 from __future__ import annotations
 
+import contextlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ class StreamBench:
     smooth: int = 0  # Taubin iterations on every frame (0 = parity surface)
     repeats: int = 1
     threads: int = 2  # torch threads for the stream and the calibration
+    split: bool = False  # a helper thread takes half of each decoder call, as for a server's lone live frame
     json_path: Path | None = None
 
 
@@ -54,11 +57,13 @@ def run_stream_benchmark(bench: StreamBench) -> int:
     base = models.load_base(checkpoint)
     frames, source = bench_sequence(bench.sequence)
     print(f"model {base.card['name']} ({base.card['sha256'][:12]}), sequence {source} ({len(frames)} frames), "
-          f"torch threads {bench.threads}, smooth {bench.smooth}")
-    rows = stream_benchmark(
-        base, frames, lambda: calibration_seconds(threads=bench.threads), list(bench.resolutions), bench.smooth,
-        bench.repeats,
-    )
+          f"torch threads {bench.threads}{' + a helper thread' if bench.split else ''}, smooth {bench.smooth}")
+    with contextlib.ExitStack() as stack:
+        helper = stack.enter_context(ThreadPoolExecutor(1)) if bench.split else None
+        rows = stream_benchmark(
+            base, frames, lambda: calibration_seconds(threads=bench.threads), list(bench.resolutions), bench.smooth,
+            bench.repeats, helper=helper,
+        )
     if bench.json_path:
         bench.json_path.write_text(json.dumps({"sequence": source, "rows": rows}, indent=2))
     return 0
