@@ -67,7 +67,7 @@ class Engine:
         )
         # With split_lone_frames, a live frame meshed alone hands half of its decoder work to this thread.
         self.split_thread = ThreadPoolExecutor(1, thread_name_prefix="halo-split") if settings.split_lone_frames else None
-        self.live_meshing = LiveMeshing(self.mesh_lane, metrics, self.split_thread)
+        self.live_meshing = LiveMeshing(self.mesh_lane, metrics, self.split_thread, self.grasp_lane)
         self.device = str(models.resolve_device(settings.device))
         self.base: HaloBase | None = None
         self.vae: HaloVAE | None = None

@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from scipy.spatial import cKDTree
 from service_helpers import GatedStreams, hand, wait_until
 
 import models
+import service.streams as service_streams
 from models.grasps.model import load_vae_weights
 from models.smoothing import DEFAULT_SMOOTH_ITERATIONS
 from models.stream_bench import synthetic_sequence
@@ -181,6 +183,29 @@ def test_a_lone_frame_split_with_the_helper_thread_gives_the_same_meshes(server_
         for reply, keypoints in zip(replies, sequence[:3], strict=True):
             single = rest.mesh(on_the_wire(keypoints, "grpc"), resolution=64)
             assert reply.mesh.is_watertight and max_distance(reply.mesh, single) <= MAX_DISTANCE_M
+
+
+def test_the_helper_thread_is_used_only_while_both_lanes_are_otherwise_idle(monkeypatch, sequence):
+    """A grasp job or a second mesh batch holds the other core: the frame is then meshed without the split."""
+    helpers_used = []
+
+    def mesh_streams(hands, helper):
+        helpers_used.append(helper)
+        return [(None,)] * len(hands), {}
+
+    monkeypatch.setattr(service_streams, "mesh_streams", mesh_streams)
+    lane, grasp_lane = SimpleNamespace(computing=1), SimpleNamespace(computing=0)
+    metrics = SimpleNamespace(observe_mesh_stats=lambda *args: None)
+    helper = ThreadPoolExecutor(1)
+    meshing = service_streams.LiveMeshing(lane, metrics, helper, grasp_lane)
+    stream = SimpleNamespace(stats=SimpleNamespace(last_fallbacks=[""]))
+    keypoints = SimpleNamespace(keypoints=sequence[0], joint_order="mano", hand="right")
+    frame = SimpleNamespace(stream=stream, frame=SimpleNamespace(hand=keypoints, resolution=64))
+    for mesh_batches, grasp_jobs in ((1, 0), (1, 1), (2, 0), (1, 0)):
+        lane.computing, grasp_lane.computing = mesh_batches, grasp_jobs
+        meshing([frame])
+    helper.shutdown()
+    assert helpers_used == [helper, None, None, helper]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
