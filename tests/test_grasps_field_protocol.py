@@ -116,8 +116,8 @@ def test_eval_protocol_field_writes_its_table_into_the_card_beside_the_other_res
     assert main(["eval", "vae", "--protocol", "field", "--objects", "1", "--samples", "3", "--resolution", "64",
                  "--checkpoint", str(checkpoint), "--json", str(report), "--write-card"]) == 0
     result = json.loads(report.read_text())
-    assert result["protocol"] == "field" and [row["method"] for row in result["rows"]] == ["vae + refinement",
-                                                                                          "vae, raw samples"]
+    assert result["protocol"] == "field" and [row["method"] for row in result["rows"]] == [
+        "vae + refinement, served", "vae + refinement", "vae, raw samples"]
     for row in result["rows"]:
         assert row["grasps"] == 3 and 0 <= row["contact_ratio"] <= 1 and 0 <= row["stable_share"] <= 1
         assert 0 <= row["simulation_displacement_mean_cm"] <= field_protocol.free_fall_cm() + 1

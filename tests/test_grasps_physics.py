@@ -180,3 +180,18 @@ def test_the_hold_score_prefers_a_fist_around_a_ball_to_a_palm_under_a_cube(fist
                                            object_grids([mesh], 40, 0.03)))
               for keypoints, mesh in ((fist, ball), (hand, cube))]
     assert scores[0] < 0.2 < 0.4 < scores[1], scores
+
+
+def test_the_hold_score_charges_the_deepest_capsule_only_when_it_is_inside(fist_and_ball, vae) -> None:
+    _, fist, ball = fist_and_ball
+    grids = object_grids([ball], 40, 0.03)
+    keypoints = torch.as_tensor(fist, dtype=torch.float32)[None]
+    pushed_in = keypoints + torch.as_tensor(ball.centroid - fist.mean(0), dtype=torch.float32) * 0.3
+    lifted = keypoints + torch.tensor([0.0, 0.0, 0.3])  # 30 cm away: nothing touches, nothing is inside
+    charge = lambda hands: (hand_object.hold_score(hands, vae.proxy, grids, depth_weight_per_mm=0.1)  # noqa: E731
+                            - hand_object.hold_score(hands, vae.proxy, grids))
+    deepest_mm = lambda hands: float(-hand_object.proxy_gaps(hands, vae.proxy, grids).min()) * 1e3  # noqa: E731
+    assert float(charge(lifted)) == 0.0
+    assert deepest_mm(pushed_in) > deepest_mm(keypoints)
+    assert float(charge(pushed_in)) == pytest.approx(0.1 * deepest_mm(pushed_in), rel=1e-4)
+    assert float(charge(pushed_in)) > float(charge(keypoints)) >= 0.0

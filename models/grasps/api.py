@@ -36,10 +36,10 @@ MAX_SAMPLES = 64
 REDRAWS = 3  # attempts to replace samples that are not valid hand skeletons
 REDRAW_SEED_STEP = 7919
 PROXY_FIT_RESOLUTION = 128
-# Refinement draws this many samples per grasp it returns and keeps those whose contacts oppose best
-# (``hand_object.hold_score``). On a can, a box, a ball and 8 test objects (16 grasps each) the physics
-# check held 0.76 of the grasps with 2 candidates per grasp and 0.875 with 4, at nearly the same cost
-# (the proxy steps are cheap; only the kept samples are backed off, meshed and measured).
+# Refinement draws this many samples per grasp it returns and keeps those whose contacts oppose best and
+# reach least deep into the object (``hand_object.hold_score``). On a can, a box, a ball and 8 test objects
+# (16 grasps each) the physics check held 0.76 of the grasps with 2 candidates per grasp and 0.875 with 4,
+# at nearly the same cost (the proxy steps are cheap; only the kept samples are backed off, meshed and measured).
 HOLD_CANDIDATES = 4
 SDF_GRID = 20  # samples per side of the object's distance grid that refinement reads
 SDF_MARGIN_M = 0.03

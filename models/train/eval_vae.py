@@ -193,11 +193,14 @@ FIELD_COLUMNS = (
 def evaluate_vae_field(vae: HaloVAE, object_indices: list[int], samples: int = 20, resolution: int = 128,
                        data_keypoints: dict[int, np.ndarray] | None = None, seed: int = 0, raw: bool = True,
                        objects: list[trimesh.Trimesh] | None = None) -> dict:
-    """Test object numbers (or the meshes ``objects``) -> {"rows": [refined, (raw,) (synthesis data)], "seconds": ...}
-    on the field's protocol, each row with our 6-direction stable share beside it."""
+    """Test object numbers (or the meshes ``objects``) -> {"rows": [served, refined, (raw,) (synthesis data)],
+    "seconds": ...} on the field's protocol, each row with our 6-direction stable share beside it. "served" is
+    what ``vae.sample`` returns by default (refined draws, those over its penetration bound replaced or pushed out)."""
     objects = [prepare_object(obj) for obj in objects] if objects is not None else [
         make_object(index)[0] for index in object_indices]
-    draws = {"vae + refinement": [vae.sample_keypoints(obj, samples, seed + i, True) for i, obj in enumerate(objects)]}
+    served = [vae.sample(obj, n=samples, seed=seed + i, resolution=resolution) for i, obj in enumerate(objects)]
+    draws = {"vae + refinement, served": [np.stack([grasp.keypoints for grasp in grasps]) for grasps in served],
+             "vae + refinement": [vae.sample_keypoints(obj, samples, seed + i, True) for i, obj in enumerate(objects)]}
     if raw:
         draws["vae, raw samples"] = [vae.sample_keypoints(obj, samples, seed + i, False) for i, obj in enumerate(objects)]
     if data_keypoints:
