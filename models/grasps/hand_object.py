@@ -118,8 +118,8 @@ class RefineConfig:
     w_self: float = 1.0  # per mm of capsule overlap between fingers
     w_stay: float = 0.05  # per (10 degrees)^2 of joint-angle change and per cm^2 of wrist movement
     # ``keep`` ranks the hands by ``hold_score`` plus this per mm of their deepest capsule's depth in the
-    # object: on a can, a box, a ball and 8 test objects (16 grasps, 4 candidates each) it cut the 1 mm voxel penetration
-    # from 3.98 to 1.04 cm3 and held as many (0.886 against 0.875); at 0.05 it held only 0.80.
+    # object: on a can, a box, a ball and 8 test objects (16 grasps, 4 candidates each) it cut the 1 mm
+    # voxel penetration from 3.98 to 1.04 cm3 and held as many (0.886 against 0.875); at 0.05 it held 0.80.
     keep_depth_weight_per_mm: float = 0.015
     backoff_target_m: float = 0.003  # 0: no back-off
     backoff_max_m: float = 0.03
