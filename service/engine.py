@@ -4,8 +4,9 @@ Front ends hand it jobs that ``service.inputs`` has already checked; it routes e
 the model there and records model-side metrics. Two lanes, each a batcher with its own queue, workers
 and limits: ``mesh`` (meshes and occupancy queries, batched across requests) and ``grasps`` (grasp
 sampling, including the meshing of the sampled hands). A full grasp lane refuses grasps while meshes
-keep flowing, and on CPU the grasp threads run at a lower priority so the OS gives the cores to
-meshes first. Models that are missing (``service.loading``) are reported by ``describe`` and make
+keep flowing; the grasp jobs run in a worker process of their own (``service.grasp_worker``), so they
+never hold the server's interpreter lock, and at a lower CPU priority, so the OS gives the cores to
+meshes and live frames first. Models that are missing (``service.loading``) are reported by ``describe`` and make
 their endpoints raise ``ModelUnavailableError``. Live streams (``service.streams``) mesh their frames
 in the mesh lane too; the engine opens them (at most ``max_streams``) and closes them on shutdown.
 """
@@ -29,6 +30,7 @@ from models import Grasp, HaloBase, HaloVAE
 from service.batching import Batcher
 from service.config import Settings
 from service.errors import ModelUnavailableError, ShuttingDownError, StreamLimitError
+from service.grasp_worker import GraspWorker
 from service.inputs import GraspJob, HandInput, Inputs, MeshJob, OccupancyJob
 from service.loading import describe_model, load_models, warm_up_grasps, warm_up_meshes
 from service.metrics import Metrics
@@ -69,6 +71,7 @@ class Engine:
         self.split_thread = ThreadPoolExecutor(1, thread_name_prefix="halo-split") if settings.split_lone_frames else None
         self.live_meshing = LiveMeshing(self.mesh_lane, metrics, self.split_thread, self.grasp_lane)
         self.device = str(models.resolve_device(settings.device))
+        self.grasp_worker: GraspWorker | None = None  # with grasp_process: where the grasp lane's jobs run
         self.base: HaloBase | None = None
         self.vae: HaloVAE | None = None
         self.unavailable: dict[str, str] = {}
@@ -89,15 +92,28 @@ class Engine:
         self.base, self.vae, self.unavailable = loaded.base, loaded.vae, loaded.unavailable
         if self.base is None:
             return
+        if self.vae is not None and self.settings.grasp_process:
+            self.grasp_worker = GraspWorker(self.settings, self.device)
         if self.settings.warmup:
             started = time.perf_counter()
             smallest = min(self.settings.resolutions)
             await self.mesh_lane.run_blocking(warm_up_meshes, self.base, smallest)
-            if self.vae is not None:
+            if self.grasp_worker is not None:
+                await self._warm_up_grasp_worker(self.grasp_worker, smallest)
+            elif self.vae is not None:
                 await self.grasp_lane.run_blocking(warm_up_grasps, self.vae, smallest)
             log.info("warm-up done", extra={"seconds": round(time.perf_counter() - started, 3)})
         self.ready = True
         self.metrics.ready.set(1)
+
+    async def _warm_up_grasp_worker(self, worker: GraspWorker, resolution: int) -> None:
+        """Start the grasp worker process and warm it up; if it cannot load its models, grasps are unavailable."""
+        try:
+            await self.grasp_lane.run_blocking(worker.warm_up, resolution)
+        except Exception as error:
+            self.unavailable["vae"] = f"grasp model not available: its worker process failed: {error}"
+            log.error("grasp worker process failed", extra={"reason": str(error)})
+            self.vae = None
 
     def describe(self) -> dict:
         """What is loaded: per model its card and device, or why it is unavailable."""
@@ -174,11 +190,12 @@ class Engine:
         vae = self.require_vae()
         options, limit = job.options, self.settings.max_grasp_samples
 
+        sample = vae.sample if self.grasp_worker is None else self.grasp_worker.sample
+
         def run(jobs: Sequence[GraspJob]) -> list[list[Grasp]]:
             (one,) = jobs
-            sampled = vae.sample(one.obj, n=one.count, seed=one.seed, refine=options.refine,
-                                 resolution=one.resolution, physics=options.physics, rank=options.rank,
-                                 max_candidates=limit)
+            sampled = sample(one.obj, n=one.count, seed=one.seed, refine=options.refine, resolution=one.resolution,
+                             physics=options.physics, rank=options.rank, max_candidates=limit)
             return [sampled]
 
         (sampled,) = await self.grasp_lane.submit([job], ("grasps", object()), run, deadline)
@@ -263,5 +280,7 @@ class Engine:
         """Release both lanes and their compute threads."""
         await self.mesh_lane.close()
         await self.grasp_lane.close()
+        if self.grasp_worker is not None:
+            await asyncio.to_thread(self.grasp_worker.close)
         if self.split_thread is not None:
             self.split_thread.shutdown(wait=True)

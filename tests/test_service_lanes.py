@@ -62,7 +62,7 @@ def fill_grasp_lane(server, pool: ThreadPoolExecutor) -> tuple[GatedVAE, list]:
 
 
 def test_meshes_complete_while_grasp_jobs_fill_their_lane(server_factory, hand_keypoints):
-    server = server_factory(warmup=False, mesh_workers=1, grasp_workers=1, max_grasp_queue=1)
+    server = server_factory(warmup=False, mesh_workers=1, grasp_workers=1, max_grasp_queue=1, grasp_process=False)
     with ThreadPoolExecutor(8) as pool:
         gated, grasps = fill_grasp_lane(server, pool)
         rest = [pool.submit(post_mesh, server.http_url, hand_keypoints[i]) for i in range(4)]
@@ -82,7 +82,7 @@ def test_meshes_complete_while_grasp_jobs_fill_their_lane(server_factory, hand_k
 
 
 def test_a_full_grasp_lane_refuses_grasps_and_still_answers_meshes(server_factory, hand_keypoints):
-    server = server_factory(warmup=False, mesh_workers=1, grasp_workers=1, max_grasp_queue=1)
+    server = server_factory(warmup=False, mesh_workers=1, grasp_workers=1, max_grasp_queue=1, grasp_process=False)
     with ThreadPoolExecutor(4) as pool:
         gated, grasps = fill_grasp_lane(server, pool)
         refused = post_grasps(server.http_url)
@@ -119,6 +119,26 @@ def test_grasp_workers_run_at_a_lower_cpu_priority_than_mesh_workers(server_fact
     grasp_nice = server.call(server.engine.grasp_lane.run_blocking(own_nice))
     assert grasp_nice == min(mesh_nice + 5, 19)
     assert mesh_nice == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_grasp_jobs_run_in_a_worker_process_at_the_grasp_lanes_lower_priority(server_factory):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("nice values are read the Linux way")
+    server = server_factory(warmup=False, grasp_nice=5)
+    worker_pid = server.call(server.engine.grasp_lane.run_blocking(server.engine.grasp_worker.pid))
+    assert worker_pid != os.getpid()
+    assert os.getpriority(os.PRIO_PROCESS, worker_pid) == min(os.getpriority(os.PRIO_PROCESS, 0) + 5, 19)
+    assert post_grasps(server.http_url).status_code == 200
+
+
+def test_a_grasp_worker_process_that_dies_costs_one_503_and_is_restarted(server_factory):
+    server = server_factory(warmup=False)
+    worker_pid = server.call(server.engine.grasp_lane.run_blocking(server.engine.grasp_worker.pid))
+    os.kill(worker_pid, signal.SIGKILL)
+    failed = post_grasps(server.http_url)
+    assert failed.status_code == 503 and "worker process stopped" in failed.json()["detail"]
+    assert post_grasps(server.http_url).status_code == 200
+    assert server.call(server.engine.grasp_lane.run_blocking(server.engine.grasp_worker.pid)) != worker_pid
 
 
 def _scrape(url: str) -> dict[str, float]:
