@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     # CPU, and on a GPU a second job would only queue for the same device.
     grasp_workers: int = Field(1, ge=1, le=16, description="Grasp jobs computed side by side (threads).")
     # A grasp job in a server thread holds the interpreter lock whenever it runs Python: beside two 8-grasp
-    # requests a live frame's p99 was 2.2x its idle value, 1.1-1.3x with the jobs in another process.
+    # requests a live frame's p99 was 1.8-2.8x its idle value, 1.5-1.9x with the jobs in a worker process.
     grasp_process: bool = Field(
         True, description="Grasp jobs run in a worker process of their own (off: in the grasp lane's threads)."
     )

@@ -2,10 +2,10 @@
 
 A grasp job is seconds of Python between its tensor operations (refinement steps, marching cubes,
 metrics); run as a thread of the server, it holds the interpreter lock against live frames and meshes
-whenever it runs Python, and a live frame beside two 8-grasp requests took 2.2x its idle p99. In a
+whenever it runs Python, and a live frame beside two 8-grasp requests took 1.8-2.8x its idle p99. In a
 process of its own (the same models, loaded once when the process starts, at the grasp lane's lower
-CPU priority) it costs the stream only a share of the cores: 1.07-1.26x. The grasp lane's thread
-waits for the process's answer without holding the lock.
+CPU priority) it costs the stream only a share of the cores: 1.5-1.9x. The grasp lane's thread waits
+for the process's answer without holding the lock.
 """
 
 from __future__ import annotations
