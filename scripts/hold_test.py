@@ -6,8 +6,8 @@ Default grasps (refined, seed = object order) of the first test objects go throu
 * ``no margin``: the same with contacts only where surfaces touch;
 * ``settle counted``: today's margin, but a grasp whose object moved ``STABLE_CM`` or more in the settle fails;
 * ``honest``: no margin and the settle counted;
-* ``mesh_pieces``: the honest check with the hand as the 20 convex pieces of its mesh along the bones
-  (``field_protocol.hand_pieces``) instead of the capsule proxy: MuJoCo with the hand's real shape;
+* ``mesh_pieces``: the honest check with the hand as the prism skin of its mesh
+  (``field_protocol.hand_prisms``) instead of the capsule proxy: MuJoCo with the hand's real shape;
 * ``bullet``: PyBullet (PyPI ``pybullet``, not a project dependency), the hand as its exact triangle mesh
   (a static concave body), the object as the same convex pieces, the same friction (0.8, Bullet
   multiplies the two bodies' coefficients: hand 1 x object 0.8), density, gravity and 0.5 s per
@@ -60,10 +60,9 @@ def check_in_process(keypoints: np.ndarray, radii: np.ndarray, pieces: tuple[np.
         physics.SKIN_MARGIN_M = default
 
 
-def mesh_piece_check(hand: trimesh.Trimesh, keypoints: np.ndarray,
-                     pieces: tuple[np.ndarray, ...]) -> physics.PhysicsResult:
+def mesh_piece_check(hand: trimesh.Trimesh, pieces: tuple[np.ndarray, ...]) -> physics.PhysicsResult:
     """Our 6-direction check (no margin, settle included) with the hand as the convex pieces of its mesh
-    (``field_protocol.hand_pieces``) instead of the capsule proxy: the same engine, the hand's real shape."""
+    (``field_protocol.hand_prisms``) instead of the capsule proxy: the same engine, the hand's real shape."""
     spec = mujoco.MjSpec()
     spec.option.timestep = physics.TIMESTEP_S
     spec.memory = physics.ARENA_BYTES
@@ -72,7 +71,7 @@ def mesh_piece_check(hand: trimesh.Trimesh, keypoints: np.ndarray,
     spec.option.gravity = [0.0, 0.0, 0.0]
     contact = {"friction": [physics.SLIDING_FRICTION, physics.TORSIONAL_FRICTION_M, physics.ROLLING_FRICTION_M],
                "condim": physics.CONDIM, "margin": 0.0, "solref": [physics.CONTACT_TIMECONST_S, 1.0]}
-    for index, vertices in enumerate(field_protocol.hand_pieces(hand, keypoints)):
+    for index, vertices in enumerate(field_protocol.hand_prisms(hand)):
         spec.add_mesh(name=f"hand{index}", uservert=vertices.ravel().tolist())
         spec.worldbody.add_geom(type=mujoco.mjtGeom.mjGEOM_MESH, meshname=f"hand{index}", **contact)
     body = spec.worldbody.add_body(name="object")
@@ -147,10 +146,10 @@ def main() -> None:
         today = check_in_process(keypoints, radii, pieces, EARLIER_MARGIN_M)
         touching = check_in_process(keypoints, radii, pieces, 0.0)
         mass = physics.DENSITY_KG_M3 * sum(trimesh.convex.convex_hull(piece).volume for piece in pieces)
-        field_mujoco = field_protocol.simulation_displacements(hands, keypoints, obj)
+        field_mujoco = field_protocol.simulation_displacements(hands, obj)
         field_gravity = field_protocol.GRAVITY_DIRECTION[None] * field_protocol.GRAVITY_M_S2
         for grasp, hand in enumerate(hands):
-            mesh_pieces = mesh_piece_check(hand, keypoints[grasp], pieces)
+            mesh_pieces = mesh_piece_check(hand, pieces)
             bullet = bullet_displacements(client, hand, pieces, mass, physics.AXIS_DIRECTIONS * physics.GRAVITY_M_S2,
                                           physics.DURATION_S, HAND_FRICTION_FOR_OURS, physics.SLIDING_FRICTION, 0.0, True)
             field_bullet = bullet_displacements(

@@ -13,6 +13,7 @@ from test_grasps_physics import FIST, SQUEEZE_M, inscribed_ball, posed
 
 import models
 from cli.main import main
+from models.geometry import signed_distance
 from models.grasps import field_protocol
 from models.grasps.api import SHIPPED_VAE
 from models.grasps.metrics import canonical_keypoints, penetration_volumes, surface_distance
@@ -38,35 +39,41 @@ def fist_and_ball(vae):
 
 
 def test_a_ball_in_a_closed_fist_is_held_back_and_one_beside_it_falls(fist_and_ball) -> None:
-    fist, hand, ball = fist_and_ball
+    _, hand, ball = fist_and_ball
     directions = np.concatenate([np.eye(3), -np.eye(3)])
-    held = np.concatenate([field_protocol.simulation_displacements([hand], fist[None], ball, gravity=gravity)
+    held = np.concatenate([field_protocol.simulation_displacements([hand], ball, gravity=gravity)
                            for gravity in directions])
-    # The pyramidal cone lets the 1 kg ball creep (PyBullet holds it; see the module docstring), but the fist
+    # The pyramidal cone lets the 1 kg ball creep (PyBullet holds it: the module docstring), but the fist
     # holds it back in every direction and most in the best ones.
     assert held.max() < 0.8 * field_protocol.free_fall_cm() and held.mean() < 0.5 * field_protocol.free_fall_cm()
     assert np.sort(held)[:2].max() < 0.25 * field_protocol.free_fall_cm()
 
 
 def test_a_ball_far_from_the_hand_falls_the_free_fall_distance_of_35_steps(fist_and_ball) -> None:
-    fist, hand, ball = fist_and_ball
+    _, hand, ball = fist_and_ball
     offset = np.array([0.0, 0.0, 0.2])
     far = hand.copy()
     far.apply_translation(offset)
-    (moved,) = field_protocol.simulation_displacements([far], (fist + offset)[None], ball)
+    (moved,) = field_protocol.simulation_displacements([far], ball)
     fall_cm = field_protocol.GRAVITY_M_S2 * (35 / 240) ** 2 / 2 * 100  # continuous time: 10.4 cm
     assert moved == pytest.approx(field_protocol.free_fall_cm(), rel=0.01)
     assert moved == pytest.approx(fall_cm, rel=0.05)  # Euler steps fall n(n+1)/n^2 of it
 
 
-def test_the_hand_pieces_are_convex_hulls_of_its_vertices_along_the_bones(fist_and_ball) -> None:
-    fist, hand, _ = fist_and_ball
-    pieces = field_protocol.hand_pieces(hand, fist)
-    assert len(pieces) == len(field_protocol.BONES)
-    covered = np.concatenate(pieces)
-    assert np.isin(covered.view([("", covered.dtype)] * 3), np.asarray(hand.vertices).view([("", covered.dtype)] * 3)).all()
-    volume = sum(trimesh.convex.convex_hull(piece).volume for piece in pieces)
-    assert hand.volume < volume < 1.5 * hand.volume  # the hulls fill the concavities between bones, not more
+def test_the_hand_is_a_skin_of_prisms_on_its_simplified_surface(fist_and_ball) -> None:
+    _, hand, _ = fist_and_ball
+    prisms = field_protocol.hand_prisms(hand)
+    assert prisms.shape[1:] == (6, 3) and 0.9 * field_protocol.HAND_FACES <= len(prisms) <= field_protocol.HAND_FACES
+    outer, inner = prisms[:, :3], prisms[:, 3:]
+    # The outer triangles lie on the hand's surface (the simplification keeps it within millimetres)...
+    distance = np.abs(signed_distance(hand, outer.reshape(-1, 3)))
+    assert np.median(distance) < 0.001 and distance.max() < 0.006
+    # ... and the inner ones the skin's thickness inward, inside the hand.
+    thickness = np.linalg.norm(outer - inner, axis=-1)
+    np.testing.assert_allclose(thickness, field_protocol.SKIN_THICKNESS_M, rtol=1e-6)
+    assert (signed_distance(hand, inner.reshape(-1, 3)) < 0).mean() > 0.9
+    volume = sum(trimesh.convex.convex_hull(prism).volume for prism in prisms)
+    assert volume < 0.5 * hand.volume  # a skin, not a filled body
 
 
 def test_penetration_of_a_known_overlap_on_1_mm_voxels_is_near_the_analytic_volume() -> None:

@@ -217,7 +217,7 @@ def evaluate_vae_field(vae: HaloVAE, object_indices: list[int], samples: int = 2
             if len(hands) == 0:
                 continue
             meshes = meshed[name][index] if name in meshed else vae.base.mesh(hands, resolution=resolution)
-            grasps += field_protocol.field_grasps(meshes, hands, obj)
+            grasps += field_protocol.field_grasps(meshes, obj)
             stable += [result.stable for result in check_grasps(hands, radii, obj)]
         seconds[name] = time.perf_counter() - started
         pooled = np.concatenate([hands for hands in keypoints if len(hands)])
