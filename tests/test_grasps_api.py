@@ -159,3 +159,27 @@ def test_a_grasp_that_still_penetrates_is_pushed_out_rigidly(vae, monkeypatch) -
     if shorter:  # the shortest distance that passes: the one before it still penetrates too deeply
         nearer = grasp.mesh.copy().apply_translation(shift[0] / np.linalg.norm(shift[0]) * shorter[-1])
         assert penetration_volume(nearer, cereal) > volume / 2
+
+
+def test_returned_grasps_that_reach_deep_are_eased_out_rigidly_within_the_bound(vae, monkeypatch) -> None:
+    from models.grasps import api as grasp_api
+
+    obj, _ = make_object(split_indices("test", 1)[0])
+    monkeypatch.setattr(grasp_api, "MAX_DEPTH_M", np.inf)
+    unbounded = vae.sample(obj, n=4, seed=0, resolution=64)
+    depths = [grasp.metrics["max_penetration_depth_mm"] for grasp in unbounded]
+    bound_mm = (min(depths) + max(depths)) / 2
+    monkeypatch.setattr(grasp_api, "MAX_DEPTH_M", bound_mm / 1e3)
+    eased = 0
+    for kept, original in zip(vae.sample(obj, n=4, seed=0, resolution=64), unbounded, strict=True):
+        shift = kept.keypoints - original.keypoints
+        if original.metrics["max_penetration_depth_mm"] <= bound_mm or not shift.any():
+            np.testing.assert_array_equal(kept.keypoints, original.keypoints)  # shallow ones, or no move passed
+            continue
+        eased += 1
+        np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-12)  # one rigid move
+        moved_mm = kept.metrics["pushed_out_mm"] - original.metrics.get("pushed_out_mm", 0.0)
+        assert np.linalg.norm(shift[0]) * 1e3 == pytest.approx(moved_mm)
+        assert moved_mm <= max(grasp_api.EASE_OUT_M) * 1e3 + 1e-9
+        assert kept.metrics["max_penetration_depth_mm"] <= bound_mm and grasp_api.is_acceptable(kept.metrics)
+    assert eased >= 1

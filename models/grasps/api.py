@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -57,6 +58,12 @@ REPLACEMENT_SEED_STEP = 104_729
 # the replacement rounds did not fix.
 PUSH_OUT_M = (0.001, 0.002, 0.003, 0.005, 0.008, 0.012, 0.018, 0.025)
 PUSH_FIRST_CM3 = 10.0  # a sample over the bound by at most this much is pushed out before any fresh one is drawn
+# Returned grasps whose deepest vertex lies deeper in the object than this are eased out the same way, by
+# the shortest of EASE_OUT_M that brings it within the bound and keeps them passing (else they stay as they
+# are). The field reports the mean of this depth (GrabNet 0.40 cm): on 12 test and 12 real objects x 8 it
+# went from 0.31 / 0.38 cm to 0.25 / 0.28 cm, the 6-direction stable share from 0.97 / 0.96 to 0.94 / 0.96.
+MAX_DEPTH_M = 0.0025
+EASE_OUT_M = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.006)
 
 
 def is_acceptable(metrics: dict) -> bool:
@@ -160,7 +167,8 @@ class HaloVAE:
         ``RANK_CANDIDATES * n`` samples (at most ``max_candidates``), returns the n that moved least under
         gravity (worst direction first, then the mean), and meshes only those. Refined grasps that miss the
         object or penetrate it by more than MAX_PENETRATION_CM3 are replaced by fresh samples (their
-        ``redraws`` metric counts the fresh samples drawn for that slot).
+        ``redraws`` metric counts the fresh samples drawn for that slot); returned ones that reach deeper than
+        MAX_DEPTH_M into it are eased out where a short move keeps them passing (``pushed_out_mm``).
         """
         obj = prepare_object(object_mesh)
         if not isinstance(n, int | np.integer) or not 1 <= n <= MAX_SAMPLES:
@@ -176,8 +184,9 @@ class HaloVAE:
             keypoints, results = self._timed(timing, "physics_s", self.check_physics, obj, keypoints, int(n))
         meshes, metrics = self._measured(obj, keypoints, resolution, timing)
         redraws = np.zeros(len(keypoints), dtype=int)
+        push = lambda hands, hand_meshes, _: _pushed_out(obj, hands, hand_meshes)  # noqa: E731
         if refine:  # near misses are moved out first: far cheaper than sampling and meshing fresh hands
-            self._push_out_failing(obj, keypoints, meshes, metrics, results, timing, PUSH_FIRST_CM3)
+            self._push_out(keypoints, meshes, metrics, results, timing, self._failing(metrics, PUSH_FIRST_CM3), push)
         for attempt in range(1, REPLACEMENT_ROUNDS + 1 if refine else 1):
             failing = [i for i, values in enumerate(metrics) if not is_acceptable(values)]
             if not failing:
@@ -194,7 +203,9 @@ class HaloVAE:
                 if j in passing or fresh_metrics[j]["penetration_volume_cm3"] < metrics[slot]["penetration_volume_cm3"]:
                     keypoints[slot], meshes[slot], metrics[slot], results[slot] = fresh[j], fresh_meshes[j], fresh_metrics[j], None
         if refine:
-            self._push_out_failing(obj, keypoints, meshes, metrics, results, timing, np.inf)
+            self._push_out(keypoints, meshes, metrics, results, timing, self._failing(metrics, np.inf), push)
+            deep = [slot for slot, values in enumerate(metrics) if is_acceptable(values) and not _shallow(values)]
+            self._push_out(keypoints, meshes, metrics, results, timing, deep, partial(_eased_out, obj))
         if physics or ranked:  # only the grasps returned, and only those not simulated yet
             unchecked = [i for i, result in enumerate(results) if result is None]
             if unchecked:
@@ -208,19 +219,24 @@ class HaloVAE:
                       metrics={**metrics[i], "refined": bool(refine), "redraws": int(redraws[i]), "batch_timing": timing})
                 for i in order]
 
-    def _push_out_failing(self, obj: trimesh.Trimesh, keypoints: np.ndarray, meshes: list, metrics: list[dict],
-                          results: list, timing: dict[str, float], up_to_cm3: float) -> None:
-        """Failing grasps that penetrate by at most ``up_to_cm3`` are moved out of the object where that passes
-        (``_pushed_out``); the lists are updated in place."""
-        slots = [slot for slot, values in enumerate(metrics)
-                 if not is_acceptable(values) and values["penetration_volume_cm3"] <= up_to_cm3]
+    def _push_out(self, keypoints: np.ndarray, meshes: list, metrics: list[dict], results: list,
+                  timing: dict[str, float], slots: list[int], move: Callable[..., list]) -> None:
+        """The grasps in ``slots`` are moved out of the object by ``move(keypoints, meshes, metrics)`` (of those
+        slots) where it moves them, their ``pushed_out_mm`` adding up over calls; the lists are updated in place."""
         if not slots:
             return
-        pushed = self._timed(timing, "metrics_s", _pushed_out, obj, [keypoints[slot] for slot in slots],
-                             [meshes[slot] for slot in slots])
+        pushed = self._timed(timing, "metrics_s", move, [keypoints[slot] for slot in slots],
+                             [meshes[slot] for slot in slots], [metrics[slot] for slot in slots])
         for slot, moved in zip(slots, pushed, strict=True):
             if moved is not None:
+                moved[2]["pushed_out_mm"] += metrics[slot].get("pushed_out_mm", 0.0)
                 keypoints[slot], meshes[slot], metrics[slot], results[slot] = *moved, None
+
+    @staticmethod
+    def _failing(metrics: list[dict], up_to_cm3: float) -> list[int]:
+        """Slots of the grasps that fail and penetrate by at most ``up_to_cm3``."""
+        return [slot for slot, values in enumerate(metrics)
+                if not is_acceptable(values) and values["penetration_volume_cm3"] <= up_to_cm3]
 
     @staticmethod
     def _timed(timing: dict[str, float], stage: str, function: Callable[..., Any], *args: Any) -> Any:
@@ -284,6 +300,35 @@ def _pushed_out(obj: trimesh.Trimesh, keypoints: list[np.ndarray], meshes: list[
     return [None if hit is None or not is_acceptable(hit[2])
             else (keypoints[i] + directions[i] * hit[0], hit[1], {**hit[2], "pushed_out_mm": hit[0] * 1e3})
             for i, hit in enumerate(found)]
+
+
+def _eased_out(obj: trimesh.Trimesh, keypoints: list[np.ndarray], meshes: list[trimesh.Trimesh], metrics: list[dict]
+               ) -> list[tuple[np.ndarray, trimesh.Trimesh, dict] | None]:
+    """Passing grasps that reach deeper than MAX_DEPTH_M -> each hand moved rigidly along ``_outward`` by the
+    shortest of EASE_OUT_M that brings it within the bound and keeps it passing, else by the one that leaves it
+    least deep while passing, with ``pushed_out_mm`` in its metrics; None where no move passes and is less deep.
+    Every distance is measured (one round of metrics): depth is not monotonic in the distance."""
+    directions = [_outward(obj, mesh) for mesh in meshes]
+    movable = [i for i, direction in enumerate(directions) if direction is not None]
+    moved = [meshes[i].copy().apply_translation(directions[i] * distance) for i in movable for distance in EASE_OUT_M]
+    measured = grasp_metrics_many(moved, obj) if moved else []
+    eased: list[tuple[np.ndarray, trimesh.Trimesh, dict] | None] = [None] * len(meshes)
+    for order, i in enumerate(movable):
+        first = order * len(EASE_OUT_M)
+        values = measured[first:first + len(EASE_OUT_M)]
+        depths = [value["max_penetration_depth_mm"] for value in values]
+        passing = [j for j, value in enumerate(values) if is_acceptable(value)]
+        within = [j for j in passing if _shallow(values[j])]
+        best = within[0] if within else min(passing, key=depths.__getitem__, default=None)
+        if best is not None and depths[best] < metrics[i]["max_penetration_depth_mm"]:
+            eased[i] = (keypoints[i] + directions[i] * EASE_OUT_M[best], moved[first + best],
+                        {**values[best], "pushed_out_mm": EASE_OUT_M[best] * 1e3})
+    return eased
+
+
+def _shallow(metrics: dict) -> bool:
+    """Whether a grasp passes and its deepest vertex is within MAX_DEPTH_M of the object's surface."""
+    return is_acceptable(metrics) and metrics["max_penetration_depth_mm"] <= MAX_DEPTH_M * 1e3
 
 
 def load_vae(path: str | Path | None = None, base: HaloBase | None = None, device: str | torch.device = "cpu") -> HaloVAE:
