@@ -88,7 +88,7 @@ CONTACT_MARGIN_M = 0.002  # Bullet's default collision margin, 1 mm on each body
 PENETRATION_VOXEL_M = 0.001
 HAND_FACES = 800
 SKIN_THICKNESS_M = 0.004
-MIN_TRIANGLE_AREA_M2 = 1e-10
+MIN_TRIANGLE_HEIGHT_M = 1e-4
 DIVERSITY_CODES = 20
 
 
@@ -123,7 +123,10 @@ def hand_prisms(hand: trimesh.Trimesh, faces: int = HAND_FACES) -> np.ndarray:
     vertices, triangles = fast_simplification.simplify(np.asarray(hand.vertices, dtype=np.float32),
                                                        np.asarray(hand.faces, dtype=np.int32), target_count=faces)
     simplified = trimesh.Trimesh(vertices.astype(np.float64), triangles, process=False)
-    triangles = triangles[simplified.area_faces > MIN_TRIANGLE_AREA_M2]  # a flat prism has no hull
+    longest_edge = np.linalg.norm(simplified.vertices[triangles] - simplified.vertices[np.roll(triangles, 1, axis=1)],
+                                  axis=-1).max(1)
+    # A sliver's prism is nearly flat, which MuJoCo refuses to take the hull of; its neighbours cover it.
+    triangles = triangles[2 * simplified.area_faces / np.maximum(longest_edge, 1e-12) > MIN_TRIANGLE_HEIGHT_M]
     inner = simplified.vertices - SKIN_THICKNESS_M * simplified.vertex_normals
     return np.concatenate([simplified.vertices[triangles], inner[triangles]], axis=1)
 
