@@ -308,22 +308,27 @@ def _eased_out(obj: trimesh.Trimesh, keypoints: list[np.ndarray], meshes: list[t
     """Passing grasps that reach deeper than MAX_DEPTH_M -> each hand moved rigidly along ``_outward`` by the
     shortest of EASE_OUT_M that brings it within the bound and keeps it passing, else by the one that leaves it
     least deep while passing, with ``pushed_out_mm`` in its metrics; None where no move passes and is less deep.
-    Every distance is measured (one round of metrics): depth is not monotonic in the distance."""
+    Distances are tried nearest first, one round of metrics for every hand still searching (depth is not
+    monotonic in the distance, so a hand that never gets within the bound tries them all)."""
     directions = [_outward(obj, mesh) for mesh in meshes]
-    movable = [i for i, direction in enumerate(directions) if direction is not None]
-    moved = [meshes[i].copy().apply_translation(directions[i] * distance) for i in movable for distance in EASE_OUT_M]
-    measured = grasp_metrics_many(moved, obj) if moved else []
+    searching = [i for i, direction in enumerate(directions) if direction is not None]
+    passing: dict[int, list[tuple[float, trimesh.Trimesh, dict]]] = {i: [] for i in searching}
+    for distance in EASE_OUT_M:
+        if not searching:
+            break
+        moved = [meshes[i].copy().apply_translation(directions[i] * distance) for i in searching]
+        for i, mesh, values in zip(searching, moved, grasp_metrics_many(moved, obj), strict=True):
+            if is_acceptable(values):
+                passing[i].append((distance, mesh, values))
+        searching = [i for i in searching if not (passing[i] and _shallow(passing[i][-1][2]))]
     eased: list[tuple[np.ndarray, trimesh.Trimesh, dict] | None] = [None] * len(meshes)
-    for order, i in enumerate(movable):
-        first = order * len(EASE_OUT_M)
-        values = measured[first:first + len(EASE_OUT_M)]
-        depths = [value["max_penetration_depth_mm"] for value in values]
-        passing = [j for j, value in enumerate(values) if is_acceptable(value)]
-        within = [j for j in passing if _shallow(values[j])]
-        best = within[0] if within else min(passing, key=depths.__getitem__, default=None)
-        if best is not None and depths[best] < metrics[i]["max_penetration_depth_mm"]:
-            eased[i] = (keypoints[i] + directions[i] * EASE_OUT_M[best], moved[first + best],
-                        {**values[best], "pushed_out_mm": EASE_OUT_M[best] * 1e3})
+    for i, options in passing.items():
+        if not options:
+            continue
+        distance, mesh, values = (options[-1] if _shallow(options[-1][2])
+                                  else min(options, key=lambda option: option[2]["max_penetration_depth_mm"]))
+        if values["max_penetration_depth_mm"] < metrics[i]["max_penetration_depth_mm"]:
+            eased[i] = (keypoints[i] + directions[i] * distance, mesh, {**values, "pushed_out_mm": distance * 1e3})
     return eased
 
 

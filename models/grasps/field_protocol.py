@@ -89,6 +89,7 @@ PENETRATION_VOXEL_M = 0.001
 HAND_FACES = 800
 SKIN_THICKNESS_M = 0.004
 MIN_TRIANGLE_HEIGHT_M = 1e-4
+MIN_NORMAL_COSINE = 0.5
 DIVERSITY_CODES = 20
 
 
@@ -126,9 +127,15 @@ def hand_prisms(hand: trimesh.Trimesh, faces: int = HAND_FACES) -> np.ndarray:
     longest_edge = np.linalg.norm(simplified.vertices[triangles] - simplified.vertices[np.roll(triangles, 1, axis=1)],
                                   axis=-1).max(1)
     # A sliver's prism is nearly flat, which MuJoCo refuses to take the hull of; its neighbours cover it.
-    triangles = triangles[2 * simplified.area_faces / np.maximum(longest_edge, 1e-12) > MIN_TRIANGLE_HEIGHT_M]
-    inner = simplified.vertices - SKIN_THICKNESS_M * simplified.vertex_normals
-    return np.concatenate([simplified.vertices[triangles], inner[triangles]], axis=1)
+    kept = np.flatnonzero(2 * simplified.area_faces / np.maximum(longest_edge, 1e-12) > MIN_TRIANGLE_HEIGHT_M)
+    triangles = triangles[kept]
+    outer = simplified.vertices[triangles]  # (F,3,3)
+    face_normal = simplified.face_normals[kept]
+    normal = simplified.vertex_normals[triangles]
+    # A vertex normal far from its face's (a fold of the simplified surface) would flatten the prism.
+    normal = np.where((normal * face_normal[:, None]).sum(-1, keepdims=True) > MIN_NORMAL_COSINE, normal,
+                      face_normal[:, None])
+    return np.concatenate([outer, outer - SKIN_THICKNESS_M * normal], axis=1)
 
 
 def build_model(hand: np.ndarray | tuple[np.ndarray, ...], obj: tuple[np.ndarray, ...],
