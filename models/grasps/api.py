@@ -19,7 +19,7 @@ from ..geometry import closest_points, inside_solid
 from ..hand_pose import HandSkeleton, neutral_angles
 from . import hand_object
 from .hand_proxy import HandProxy, fit_proxy
-from .metrics import grasp_metrics_many
+from .metrics import CONTACT_DISTANCE_M, grasp_metrics_many, vertex_extremes
 from .model import GraspVAE, load_vae_weights
 from .object_input import (
     ObjectError,
@@ -306,30 +306,28 @@ def _pushed_out(obj: trimesh.Trimesh, keypoints: list[np.ndarray], meshes: list[
 def _eased_out(obj: trimesh.Trimesh, keypoints: list[np.ndarray], meshes: list[trimesh.Trimesh], metrics: list[dict]
                ) -> list[tuple[np.ndarray, trimesh.Trimesh, dict] | None]:
     """Passing grasps that reach deeper than MAX_DEPTH_M -> each hand moved rigidly along ``_outward`` by the
-    shortest of EASE_OUT_M that brings it within the bound and keeps it passing, else by the one that leaves it
-    least deep while passing, with ``pushed_out_mm`` in its metrics; None where no move passes and is less deep.
-    Distances are tried nearest first, one round of metrics for every hand still searching (depth is not
-    monotonic in the distance, so a hand that never gets within the bound tries them all)."""
+    shortest of EASE_OUT_M that brings it within the bound still touching, else by the one that leaves it least
+    deep while touching, with ``pushed_out_mm`` in its metrics; None where that move is not less deep or no longer
+    passes. Distances are tried nearest first on the vertices' depth alone (one round for every hand still
+    searching; depth is not monotonic in the distance), and only the chosen moves are measured in full."""
     directions = [_outward(obj, mesh) for mesh in meshes]
     searching = [i for i, direction in enumerate(directions) if direction is not None]
-    passing: dict[int, list[tuple[float, trimesh.Trimesh, dict]]] = {i: [] for i in searching}
+    touching: dict[int, list[tuple[float, trimesh.Trimesh, float]]] = {i: [] for i in searching}
     for distance in EASE_OUT_M:
         if not searching:
             break
         moved = [meshes[i].copy().apply_translation(directions[i] * distance) for i in searching]
-        for i, mesh, values in zip(searching, moved, grasp_metrics_many(moved, obj), strict=True):
-            if is_acceptable(values):
-                passing[i].append((distance, mesh, values))
-        searching = [i for i in searching if not (passing[i] and _shallow(passing[i][-1][2]))]
-    eased: list[tuple[np.ndarray, trimesh.Trimesh, dict] | None] = [None] * len(meshes)
-    for i, options in passing.items():
-        if not options:
-            continue
-        distance, mesh, values = (options[-1] if _shallow(options[-1][2])
-                                  else min(options, key=lambda option: option[2]["max_penetration_depth_mm"]))
-        if values["max_penetration_depth_mm"] < metrics[i]["max_penetration_depth_mm"]:
-            eased[i] = (keypoints[i] + directions[i] * distance, mesh, {**values, "pushed_out_mm": distance * 1e3})
-    return eased
+        for i, mesh, (depth, gap) in zip(searching, moved, vertex_extremes(moved, obj), strict=True):
+            if depth > 0 or gap <= CONTACT_DISTANCE_M:
+                touching[i].append((distance, mesh, depth))
+        searching = [i for i in searching if not (touching[i] and touching[i][-1][2] <= MAX_DEPTH_M)]
+    chosen = {i: options[-1] if options[-1][2] <= MAX_DEPTH_M else min(options, key=lambda option: option[2])
+              for i, options in touching.items() if options}
+    chosen = {i: option for i, option in chosen.items() if option[2] * 1e3 < metrics[i]["max_penetration_depth_mm"]}
+    measured = dict(zip(chosen, grasp_metrics_many([mesh for _, mesh, _ in chosen.values()], obj) if chosen else [],
+                        strict=True))
+    return [(keypoints[i] + directions[i] * chosen[i][0], chosen[i][1], {**measured[i], "pushed_out_mm": chosen[i][0] * 1e3})
+            if i in measured and is_acceptable(measured[i]) else None for i in range(len(meshes))]
 
 
 def _shallow(metrics: dict) -> bool:
