@@ -120,7 +120,8 @@ def free_fall_cm(steps: int = STEPS) -> float:
 
 def hand_prisms(hand: trimesh.Trimesh, faces: int = HAND_FACES) -> np.ndarray:
     """Hand mesh (metres) -> (F,6,3) convex prisms: each triangle of its ``faces``-triangle simplification
-    and the same triangle ``SKIN_THICKNESS_M`` inward along the vertex normals."""
+    and the same triangle ``SKIN_THICKNESS_M`` inward along the vertex normals (along the face's normal where a
+    vertex normal folds away from it); slivers are left out."""
     vertices, triangles = fast_simplification.simplify(np.asarray(hand.vertices, dtype=np.float32),
                                                        np.asarray(hand.faces, dtype=np.int32), target_count=faces)
     simplified = trimesh.Trimesh(vertices.astype(np.float64), triangles, process=False)
