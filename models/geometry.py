@@ -158,4 +158,4 @@ def surface_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
 
 def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     """(N,3) points, metres -> (N,) distance to the surface of ``mesh``, negative inside (winding number)."""
-    return np.where(inside_solid(mesh, points), -1.0, 1.0) * surface_distance(mesh, points)
+    return np.where(inside_mesh(mesh, points), -1.0, 1.0) * surface_distance(mesh, points)

@@ -186,6 +186,9 @@ def test_returned_grasps_that_reach_deep_are_eased_out_rigidly_within_the_bound(
         assert moved_mm <= max(grasp_api.EASE_OUT_M) * 1e3 + 1e-9
         assert grasp_api.is_acceptable(kept.metrics)
         assert kept.metrics["max_penetration_depth_mm"] < original.metrics["max_penetration_depth_mm"]
+        measured = grasp_metrics_many([kept.mesh], prepare_object(obj))[0]  # the search's own figures are exact
+        assert {name: kept.metrics[name] for name in measured} == pytest.approx(measured, abs=1e-9)
+        np.testing.assert_allclose(kept.mesh.vertices, original.mesh.vertices + shift[0], atol=1e-12)
         if kept.metrics["max_penetration_depth_mm"] > bound_mm:  # then no distance brings it within the bound
             direction = shift[0] / np.linalg.norm(shift[0])
             tried = grasp_metrics_many([original.mesh.copy().apply_translation(direction * distance)

@@ -15,11 +15,19 @@ import trimesh
 
 from ..api import CHECKPOINT_DIR, HaloBase, load_base, resolve_device
 from ..canonical import KeypointError, validate_keypoints
-from ..geometry import closest_points, inside_solid
+from ..geometry import closest_points, signed_distance
 from ..hand_pose import HandSkeleton, neutral_angles
 from . import hand_object
 from .hand_proxy import HandProxy, fit_proxy
-from .metrics import CONTACT_DISTANCE_M, grasp_metrics_many, vertex_extremes
+from .metrics import (
+    CONTACT_DISTANCE_M,
+    grasp_metrics_many,
+    metrics_of,
+    near_vertices,
+    penetration_volumes,
+    per_hand_threads,
+    split_rows,
+)
 from .model import GraspVAE, load_vae_weights
 from .object_input import (
     ObjectError,
@@ -266,32 +274,33 @@ def skeleton_proxy(skeleton: HandSkeleton, base: HaloBase) -> HandProxy:
     return fit_proxy(keypoints, base.mesh(keypoints, resolution=PROXY_FIT_RESOLUTION))
 
 
-def _outward(obj: trimesh.Trimesh, mesh: trimesh.Trimesh) -> np.ndarray | None:
-    """Hand mesh penetrating the object -> (3,) unit mean direction from its vertices inside the object to the
-    surface; None if no vertex is inside."""
-    vertices = np.asarray(mesh.vertices)
-    inside = vertices[inside_solid(obj, vertices)]
-    if len(inside) == 0:
-        return None
-    outward = (closest_points(obj, inside) - inside).mean(axis=0)
-    length = np.linalg.norm(outward)
-    return outward / length if length > 0 else None
+def _outward_directions(obj: trimesh.Trimesh, meshes: list[trimesh.Trimesh],
+                        near: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray | None]:
+    """Hand meshes penetrating the object and their ``near_vertices`` -> per hand (3,) unit mean direction from
+    its vertices inside the object to the surface; None where no vertex is inside."""
+    inside = [np.asarray(mesh.vertices)[index[signed < 0]] for mesh, (index, signed) in zip(meshes, near, strict=True)]
+    directions: list[np.ndarray | None] = []
+    for points, surface in zip(inside, split_rows(closest_points(obj, np.concatenate(inside)), inside), strict=True):
+        outward = (surface - points).mean(axis=0) if len(points) else np.zeros(3)
+        length = np.linalg.norm(outward)
+        directions.append(outward / length if length > 0 else None)
+    return directions
 
 
 def _pushed_out(obj: trimesh.Trimesh, keypoints: list[np.ndarray], meshes: list[trimesh.Trimesh]
                 ) -> list[tuple[np.ndarray, trimesh.Trimesh, dict] | None]:
-    """Grasps that penetrate the object too deeply -> each hand moved rigidly along ``_outward`` by the shortest
-    of PUSH_OUT_M that brings its penetration within the bound (a binary search, every hand at once: three
-    rounds of metrics instead of eight), with ``pushed_out_mm`` in its metrics; None where that hand then
+    """Grasps that penetrate the object too deeply -> each hand moved rigidly along ``_outward_directions`` by the
+    shortest of PUSH_OUT_M that brings its penetration within the bound (a binary search, every hand at once:
+    three rounds of metrics instead of eight), with ``pushed_out_mm`` in its metrics; None where that hand then
     fails (no longer in contact) or cannot be moved."""
-    directions = [_outward(obj, mesh) for mesh in meshes]
+    directions = _outward_directions(obj, meshes, near_vertices(meshes, obj, 0.0))
     low = np.zeros(len(meshes), dtype=int)
     high = np.full(len(meshes), len(PUSH_OUT_M) - 1)
     found: list[tuple[float, trimesh.Trimesh, dict] | None] = [None] * len(meshes)
     searching = [i for i, direction in enumerate(directions) if direction is not None]
     while searching:
         middle = {i: (low[i] + high[i]) // 2 for i in searching}
-        moved = [meshes[i].copy().apply_translation(directions[i] * PUSH_OUT_M[middle[i]]) for i in searching]
+        moved = [_moved(meshes[i], directions[i] * PUSH_OUT_M[middle[i]]) for i in searching]
         for i, candidate, values in zip(searching, moved, grasp_metrics_many(moved, obj), strict=True):
             if values["penetration_volume_cm3"] <= MAX_PENETRATION_CM3:
                 found[i], high[i] = (PUSH_OUT_M[middle[i]], candidate, values), middle[i] - 1
@@ -303,32 +312,46 @@ def _pushed_out(obj: trimesh.Trimesh, keypoints: list[np.ndarray], meshes: list[
             for i, hit in enumerate(found)]
 
 
+def _moved(mesh: trimesh.Trimesh, offset: np.ndarray) -> trimesh.Trimesh:
+    """Mesh, (3,) offset (metres) -> the mesh translated, built from its moved vertices (a full copy costs ten
+    times as much)."""
+    return trimesh.Trimesh(np.asarray(mesh.vertices) + offset, mesh.faces, process=False)
+
+
 def _eased_out(obj: trimesh.Trimesh, keypoints: list[np.ndarray], meshes: list[trimesh.Trimesh], metrics: list[dict]
                ) -> list[tuple[np.ndarray, trimesh.Trimesh, dict] | None]:
-    """Passing grasps that reach deeper than MAX_DEPTH_M -> each hand moved rigidly along ``_outward`` by the
-    shortest of EASE_OUT_M that brings it within the bound still touching, else by the one that leaves it least
-    deep while touching, with ``pushed_out_mm`` in its metrics; None where that move is not less deep or no longer
-    passes. Distances are tried nearest first on the vertices' depth alone (one round for every hand still
-    searching; depth is not monotonic in the distance), and only the chosen moves are measured in full."""
-    directions = [_outward(obj, mesh) for mesh in meshes]
+    """Passing grasps that reach deeper than MAX_DEPTH_M -> each hand moved rigidly along ``_outward_directions``
+    by the shortest of EASE_OUT_M that brings it within the bound still touching, else by the one that leaves it
+    least deep while touching, with ``pushed_out_mm`` in its metrics; None where that move is not less deep or no
+    longer passes.
+
+    Distances are tried nearest first (one round for every hand still searching; depth is not monotonic in
+    the distance: fingers on the far side move in). A signed distance is 1-Lipschitz, so after a move of t only
+    the vertices now nearer than t + CONTACT_DISTANCE_M to the surface can touch it or be inside: each round
+    asks the object about those alone, which gives the depth and the gap exactly; only the chosen moves' volumes
+    are measured."""
+    near = near_vertices(meshes, obj, EASE_OUT_M[-1] + CONTACT_DISTANCE_M)
+    directions = _outward_directions(obj, meshes, near)
     searching = [i for i, direction in enumerate(directions) if direction is not None]
-    touching: dict[int, list[tuple[float, trimesh.Trimesh, float]]] = {i: [] for i in searching}
+    touching: dict[int, list[tuple[float, float, float]]] = {i: [] for i in searching}  # distance, depth, gap
     for distance in EASE_OUT_M:
         if not searching:
             break
-        # Built from the moved vertices: a full copy of each candidate costs ten times as much.
-        moved = [trimesh.Trimesh(np.asarray(meshes[i].vertices) + directions[i] * distance, meshes[i].faces, process=False)
-                 for i in searching]
-        for i, mesh, (depth, gap) in zip(searching, moved, vertex_extremes(moved, obj), strict=True):
-            if depth > 0 or gap <= CONTACT_DISTANCE_M:
-                touching[i].append((distance, mesh, depth))
-        searching = [i for i in searching if not (touching[i] and touching[i][-1][2] <= MAX_DEPTH_M)]
-    chosen = {i: options[-1] if options[-1][2] <= MAX_DEPTH_M else min(options, key=lambda option: option[2])
+        asked = [np.asarray(meshes[i].vertices)[near[i][0][near[i][1] < distance + CONTACT_DISTANCE_M]]
+                 + directions[i] * distance for i in searching]
+        for i, signed in zip(searching, split_rows(signed_distance(obj, np.concatenate(asked)), asked), strict=True):
+            if len(signed) and signed.min() <= CONTACT_DISTANCE_M:
+                touching[i].append((distance, max(0.0, -float(signed.min())), max(0.0, float(signed.min()))))
+        searching = [i for i in searching if not (touching[i] and touching[i][-1][1] <= MAX_DEPTH_M)]
+    chosen = {i: options[-1] if options[-1][1] <= MAX_DEPTH_M else min(options, key=lambda option: option[1])
               for i, options in touching.items() if options}
-    chosen = {i: option for i, option in chosen.items() if option[2] * 1e3 < metrics[i]["max_penetration_depth_mm"]}
-    measured = dict(zip(chosen, grasp_metrics_many([mesh for _, mesh, _ in chosen.values()], obj) if chosen else [],
-                        strict=True))
-    return [(keypoints[i] + directions[i] * chosen[i][0], chosen[i][1], {**measured[i], "pushed_out_mm": chosen[i][0] * 1e3})
+    chosen = {i: option for i, option in chosen.items() if option[1] * 1e3 < metrics[i]["max_penetration_depth_mm"]}
+    moved = {i: _moved(meshes[i], directions[i] * distance) for i, (distance, _, _) in chosen.items()}
+    # The rounds found the depth and the gap exactly; only the volume is left to measure.
+    volumes = dict(zip(moved, per_hand_threads(penetration_volumes, list(moved.values()), obj), strict=True))
+    measured = {i: {**metrics_of(volumes[i], depth, gap), "pushed_out_mm": distance * 1e3}
+                for i, (distance, depth, gap) in chosen.items()}
+    return [(keypoints[i] + directions[i] * chosen[i][0], moved[i], measured[i])
             if i in measured and is_acceptable(measured[i]) else None for i in range(len(meshes))]
 
 

@@ -11,7 +11,9 @@ Units in the returned dicts are in the key names (cm3, mm, cm).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -29,10 +31,13 @@ VOXEL_M = 0.0015
 MAX_VOXELS = 150_000
 COARSE_CELL = 4  # voxels per side of the cells that penetration_volume screens first
 VERTEX_CELL_M = 0.012  # side of the cubes of hand vertices that vertex_extremes screens first
+VERTEX_REACH_M = VERTEX_CELL_M * np.sqrt(3) / 2  # from a cube's centre to its corners
 DIVERSITY_CLUSTERS = 20
 
+Measured = TypeVar("Measured")
 
-def _split(values: np.ndarray, pieces: list[np.ndarray]) -> list[np.ndarray]:
+
+def split_rows(values: np.ndarray, pieces: list[np.ndarray]) -> list[np.ndarray]:
     """Cut one array computed on the concatenation of ``pieces`` back into per-piece arrays."""
     return np.split(values, np.cumsum([len(piece) for piece in pieces])[:-1])
 
@@ -98,7 +103,7 @@ def penetration_volumes(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh, voxe
     """
     grids = [_cells(hand, obj, voxel_m, max_voxels) for hand in hands]
     centres = [grid.centre if grid is not None else np.zeros((0, 3)) for grid in grids]
-    object_distance = _split(signed_distance(obj, np.concatenate(centres)), centres)
+    object_distance = split_rows(signed_distance(obj, np.concatenate(centres)), centres)
     in_hand, deep_in_object = [], []
     for hand, grid, distance in zip(hands, grids, object_distance, strict=True):
         near = np.flatnonzero(distance <= (grid.reach if grid is not None else 0.0))
@@ -120,7 +125,7 @@ def penetration_volumes(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh, voxe
         deep_in_object.append(deep[inside])
     # The object decides the voxels inside a hand, except in cells wholly inside it.
     ask = [points[~deep] for points, deep in zip(in_hand, deep_in_object, strict=True)]
-    answers = _split(inside_solid(obj, np.concatenate(ask)), ask)
+    answers = split_rows(inside_solid(obj, np.concatenate(ask)), ask)
     return [0.0 if grid is None else (int(deep.sum()) + int(answer.sum())) * grid.voxel ** 3 * 1e6
             for grid, deep, answer in zip(grids, deep_in_object, answers, strict=True)]
 
@@ -145,36 +150,48 @@ def _longest_edge(mesh: trimesh.Trimesh) -> float:
     return float(np.linalg.norm(corners - np.roll(corners, 1, axis=1), axis=-1).max())
 
 
+def _vertex_lower_bounds(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh) -> list[np.ndarray]:
+    """Hand meshes, object mesh (metres) -> per hand (V,) lower bound of each vertex's signed distance to the
+    object's surface (negative inside), metres.
+
+    Vertices are grouped into cubes of VERTEX_CELL_M and the object is asked about each cube's centre only:
+    a signed distance is 1-Lipschitz, so no vertex of a cube is nearer than its centre's distance minus
+    the cube's half-diagonal (``VERTEX_REACH_M``), and none farther than that plus it."""
+    cells = [_unique_cells(np.asarray(hand.vertices), VERTEX_CELL_M) for hand in hands]
+    centres = [(index + 0.5) * VERTEX_CELL_M for index, _ in cells]
+    centre_distance = split_rows(signed_distance(obj, np.concatenate(centres)), centres)
+    return [distance[vertex_cell] - VERTEX_REACH_M for (_, vertex_cell), distance in zip(cells, centre_distance, strict=True)]
+
+
+def near_vertices(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh, within_m: float,
+                  lower_bounds: list[np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Hand meshes, object mesh (metres), distance -> per hand (K,) indices of its vertices and (K,) their
+    signed distances to the object's surface (negative inside), metres: every vertex within ``within_m`` of
+    the surface or inside, and some farther ones (those whose ``_vertex_lower_bounds`` is within it)."""
+    lower_bounds = _vertex_lower_bounds(hands, obj) if lower_bounds is None else lower_bounds
+    chosen = [np.flatnonzero(lower <= within_m) for lower in lower_bounds]
+    asked = [np.asarray(hand.vertices)[index] for hand, index in zip(hands, chosen, strict=True)]
+    return list(zip(chosen, split_rows(signed_distance(obj, np.concatenate(asked)), asked), strict=True))
+
+
 def vertex_extremes(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh) -> list[tuple[float, float]]:
     """Hand meshes, object mesh (metres) -> per hand (deepest vertex inside the object, 0 if none; nearest
     vertex's distance to the object surface, 0 if a vertex is inside), metres.
 
-    Exact, without asking the object about every vertex: vertices are grouped into cubes of
-    VERTEX_CELL_M, the object is asked about each cube's centre, and a cube farther than its
-    half-diagonal from the object's surface is wholly inside or outside (1-Lipschitz). Only the vertices of
-    cubes that may hold the answer are then measured: those near the surface, all inside ones, and
-    outside ones whose bound could beat the nearest vertex found so far.
+    Exact, without asking the object about every vertex (``near_vertices``): first the vertices that may lie
+    inside, then, only for hands with none inside, the outside ones whose lower bound could beat the nearest
+    vertex found so far.
     """
-    reach = VERTEX_CELL_M * np.sqrt(3) / 2
-    cells = [_unique_cells(np.asarray(hand.vertices), VERTEX_CELL_M) for hand in hands]
-    centres = [(index + 0.5) * VERTEX_CELL_M for index, _ in cells]
-    centre_distance = _split(signed_distance(obj, np.concatenate(centres)), centres)
-    # First pass: the vertices of cubes near or inside the surface (sign and distance both needed).
-    first = []
-    for (_, vertex_cell), distance in zip(cells, centre_distance, strict=True):
-        first.append(distance[vertex_cell] <= reach)
-    asked = [np.asarray(hand.vertices)[chosen] for hand, chosen in zip(hands, first, strict=True)]
-    signed = _split(signed_distance(obj, np.concatenate(asked)), asked)
-    # Second pass, only for hands with no vertex inside: outside cubes that might hold a nearer vertex.
+    lower_bounds = _vertex_lower_bounds(hands, obj)
+    signed = [values for _, values in near_vertices(hands, obj, 0.0, lower_bounds)]
     second = []
-    for hand, (_, vertex_cell), distance, chosen, values in zip(hands, cells, centre_distance, first, signed, strict=True):
+    for hand, lower, values in zip(hands, lower_bounds, signed, strict=True):
         if (values < 0).any():
             second.append(np.zeros((0, 3)))
             continue
-        bound = values.min() if len(values) else (distance + reach).min()
-        lower = distance[vertex_cell] - reach
-        second.append(np.asarray(hand.vertices)[~chosen & (lower < bound)])
-    unsigned = _split(surface_distance(obj, np.concatenate(second)), second)
+        bound = values.min() if len(values) else (lower + 2 * VERTEX_REACH_M).min()
+        second.append(np.asarray(hand.vertices)[(lower > 0) & (lower < bound)])
+    unsigned = split_rows(surface_distance(obj, np.concatenate(second)), second)
     extremes = []
     for values, more in zip(signed, unsigned, strict=True):
         if (values < 0).any():
@@ -186,29 +203,39 @@ def vertex_extremes(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh) -> list[
 
 def grasp_metrics_many(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh,
                        workers: int | None = None) -> list[dict[str, float | bool]]:
-    """Hand meshes against one object mesh (same frame, metres) -> per hand: penetration, distance and contact.
+    """Hand meshes against one object mesh (same frame, metres) -> per hand: penetration, distance and contact,
+    on worker threads (``per_hand_threads``)."""
+    return per_hand_threads(_grasp_metrics_serial, hands, obj, workers)
 
-    The hands are split into one group per worker thread (default: one per available core); the
-    geometry queries release the GIL, so two cores take about a fifth off the time."""
+
+def per_hand_threads(function: Callable[[list[trimesh.Trimesh], trimesh.Trimesh], list[Measured]],
+                     hands: list[trimesh.Trimesh], obj: trimesh.Trimesh, workers: int | None = None) -> list[Measured]:
+    """``function(hands, obj)``, one value per hand, with the hands split into one group per worker thread
+    (default: one per available core): the geometry queries release the GIL, so two cores take about a fifth
+    off the time."""
     if not hands:
         return []
     count = min(workers or available_cores(), len(hands))
     groups = np.array_split(np.arange(len(hands)), count)
-    measured = thread_map(lambda group: _grasp_metrics_serial([hands[i] for i in group], obj), groups, count)
-    return [metrics for group in measured for metrics in group]
+    measured = thread_map(lambda group: function([hands[i] for i in group], obj), groups, count)
+    return [value for group in measured for value in group]
 
 
 def _grasp_metrics_serial(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh) -> list[dict[str, float | bool]]:
     """Hand meshes against one object mesh -> per hand metrics, in this thread."""
-    metrics = []
-    for (depth, gap), volume in zip(vertex_extremes(hands, obj), penetration_volumes(hands, obj), strict=True):
-        metrics.append({
-            "penetration_volume_cm3": volume,
-            "max_penetration_depth_mm": depth * 1e3,
-            "hand_object_distance_mm": gap * 1e3,
-            "contact": bool(depth > 0 or gap <= CONTACT_DISTANCE_M),
-        })
-    return metrics
+    return [metrics_of(volume, depth, gap)
+            for (depth, gap), volume in zip(vertex_extremes(hands, obj), penetration_volumes(hands, obj), strict=True)]
+
+
+def metrics_of(volume_cm3: float, depth_m: float, gap_m: float) -> dict[str, float | bool]:
+    """A hand's penetration volume (cm3), deepest vertex and nearest vertex (``vertex_extremes``, metres) -> its
+    metrics dict."""
+    return {
+        "penetration_volume_cm3": volume_cm3,
+        "max_penetration_depth_mm": depth_m * 1e3,
+        "hand_object_distance_mm": gap_m * 1e3,
+        "contact": bool(depth_m > 0 or gap_m <= CONTACT_DISTANCE_M),
+    }
 
 
 def grasp_metrics(hand: trimesh.Trimesh, obj: trimesh.Trimesh) -> dict[str, float | bool]:
