@@ -156,6 +156,10 @@ def surface_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     return np.linalg.norm(closest_points(mesh, points) - np.asarray(points, dtype=np.float64), axis=1)
 
 
-def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
-    """(N,3) points, metres -> (N,) distance to the surface of ``mesh``, negative inside (winding number)."""
-    return np.where(inside_mesh(mesh, points), -1.0, 1.0) * surface_distance(mesh, points)
+def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray, on_grid: bool = False) -> np.ndarray:
+    """(N,3) points, metres -> (N,) distance to the surface of ``mesh``, negative inside (winding number).
+
+    ``on_grid``: the points share vertical lines (a grid's), so the inside test goes by crossing parity
+    (``inside_solid``); scattered points (a mesh's vertices) are cheaper by the winding number itself."""
+    inside = inside_solid(mesh, points) if on_grid else inside_mesh(mesh, points)
+    return np.where(inside, -1.0, 1.0) * surface_distance(mesh, points)

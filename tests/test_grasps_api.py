@@ -13,7 +13,7 @@ import models
 from cli.main import main
 from models.data.objects import make_object, split_indices
 from models.grasps.api import SHIPPED_VAE, GraspRequestError, is_valid_hand
-from models.grasps.metrics import penetration_volume
+from models.grasps.metrics import grasp_metrics, penetration_volume
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +152,8 @@ def test_a_grasp_that_still_penetrates_is_pushed_out_rigidly(vae, monkeypatch) -
     monkeypatch.setattr(grasp_api, "MAX_PENETRATION_CM3", volume / 2)
     [(keypoints, mesh, metrics)] = grasp_api._pushed_out(cereal, [grasp.keypoints], [grasp.mesh])
     assert metrics["penetration_volume_cm3"] <= volume / 2 and metrics["contact"]
+    measured = grasp_metrics(mesh, cereal)
+    assert {name: metrics[name] for name in measured} == pytest.approx(measured, abs=1e-9)
     shift = keypoints - grasp.keypoints  # one rigid translation of keypoints and mesh alike
     np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-12)
     np.testing.assert_allclose(np.asarray(mesh.vertices) - np.asarray(grasp.mesh.vertices), np.broadcast_to(shift[0], mesh.vertices.shape), atol=1e-12)

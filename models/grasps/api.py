@@ -27,6 +27,7 @@ from .metrics import (
     penetration_volumes,
     per_hand_threads,
     split_rows,
+    vertex_extremes,
 )
 from .model import GraspVAE, load_vae_weights
 from .object_input import (
@@ -291,25 +292,27 @@ def _pushed_out(obj: trimesh.Trimesh, keypoints: list[np.ndarray], meshes: list[
                 ) -> list[tuple[np.ndarray, trimesh.Trimesh, dict] | None]:
     """Grasps that penetrate the object too deeply -> each hand moved rigidly along ``_outward_directions`` by the
     shortest of PUSH_OUT_M that brings its penetration within the bound (a binary search, every hand at once:
-    three rounds of metrics instead of eight), with ``pushed_out_mm`` in its metrics; None where that hand then
+    three rounds of penetration volumes instead of eight), with ``pushed_out_mm`` in its metrics; None where that hand then
     fails (no longer in contact) or cannot be moved."""
     directions = _outward_directions(obj, meshes, near_vertices(meshes, obj, 0.0))
     low = np.zeros(len(meshes), dtype=int)
     high = np.full(len(meshes), len(PUSH_OUT_M) - 1)
-    found: list[tuple[float, trimesh.Trimesh, dict] | None] = [None] * len(meshes)
+    found: dict[int, tuple[float, trimesh.Trimesh, float]] = {}  # distance, moved mesh, its volume
     searching = [i for i, direction in enumerate(directions) if direction is not None]
-    while searching:
+    while searching:  # the volume decides the search; depth and contact are measured once, for the moves found
         middle = {i: (low[i] + high[i]) // 2 for i in searching}
         moved = [_moved(meshes[i], directions[i] * PUSH_OUT_M[middle[i]]) for i in searching]
-        for i, candidate, values in zip(searching, moved, grasp_metrics_many(moved, obj), strict=True):
-            if values["penetration_volume_cm3"] <= MAX_PENETRATION_CM3:
-                found[i], high[i] = (PUSH_OUT_M[middle[i]], candidate, values), middle[i] - 1
+        for i, candidate, volume in zip(searching, moved, per_hand_threads(penetration_volumes, moved, obj), strict=True):
+            if volume <= MAX_PENETRATION_CM3:
+                found[i], high[i] = (PUSH_OUT_M[middle[i]], candidate, volume), middle[i] - 1
             else:
                 low[i] = middle[i] + 1
         searching = [i for i in searching if low[i] <= high[i]]
-    return [None if hit is None or not is_acceptable(hit[2])
-            else (keypoints[i] + directions[i] * hit[0], hit[1], {**hit[2], "pushed_out_mm": hit[0] * 1e3})
-            for i, hit in enumerate(found)]
+    extremes = dict(zip(found, vertex_extremes([mesh for _, mesh, _ in found.values()], obj), strict=True))
+    measured = {i: {**metrics_of(volume, *extremes[i]), "pushed_out_mm": distance * 1e3}
+                for i, (distance, _, volume) in found.items()}
+    return [(keypoints[i] + directions[i] * found[i][0], found[i][1], measured[i])
+            if i in measured and is_acceptable(measured[i]) else None for i in range(len(meshes))]
 
 
 def _moved(mesh: trimesh.Trimesh, offset: np.ndarray) -> trimesh.Trimesh:

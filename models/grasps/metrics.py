@@ -103,7 +103,7 @@ def penetration_volumes(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh, voxe
     """
     grids = [_cells(hand, obj, voxel_m, max_voxels) for hand in hands]
     centres = [grid.centre if grid is not None else np.zeros((0, 3)) for grid in grids]
-    object_distance = split_rows(signed_distance(obj, np.concatenate(centres)), centres)
+    object_distance = split_rows(signed_distance(obj, np.concatenate(centres), on_grid=True), centres)
     in_hand, deep_in_object = [], []
     for hand, grid, distance in zip(hands, grids, object_distance, strict=True):
         near = np.flatnonzero(distance <= (grid.reach if grid is not None else 0.0))
@@ -159,7 +159,7 @@ def _vertex_lower_bounds(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh) -> 
     the cube's half-diagonal (``VERTEX_REACH_M``), and none farther than that plus it."""
     cells = [_unique_cells(np.asarray(hand.vertices), VERTEX_CELL_M) for hand in hands]
     centres = [(index + 0.5) * VERTEX_CELL_M for index, _ in cells]
-    centre_distance = split_rows(signed_distance(obj, np.concatenate(centres)), centres)
+    centre_distance = split_rows(signed_distance(obj, np.concatenate(centres), on_grid=True), centres)
     return [distance[vertex_cell] - VERTEX_REACH_M for (_, vertex_cell), distance in zip(cells, centre_distance, strict=True)]
 
 
