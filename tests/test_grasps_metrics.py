@@ -13,6 +13,7 @@ from models.grasps.metrics import (
     grasp_metrics,
     grasp_metrics_many,
     mean_pairwise_distance,
+    near_vertices,
     penetration_volume,
     penetration_volumes,
     summarize,
@@ -129,6 +130,12 @@ def test_screened_metrics_equal_asking_every_voxel_and_vertex() -> None:
     assert expected[1, 0] > 5.0 and expected[1, 1] > 0.004 and expected[4, 2] > 0.1  # the cases differ
     # Split over threads, in order: the same per-hand metrics as in one thread.
     assert grasp_metrics_many(hands, obj, workers=3) == grasp_metrics_many(hands, obj, workers=1)
+    # near_vertices keeps every vertex within the distance, with its exact signed distance.
+    for hand, (index, signed) in zip(hands, near_vertices(hands, obj, 0.005), strict=True):
+        exact = signed_distance(obj, np.asarray(hand.vertices))
+        assert set(np.flatnonzero(exact <= 0.005)) <= set(index)
+        np.testing.assert_allclose(signed, exact[index], rtol=0, atol=1e-12)
+    assert penetration_volumes([], obj) == vertex_extremes([], obj) == near_vertices([], obj, 0.005) == []
     assert grasp_metrics_many([], obj) == []
 
 

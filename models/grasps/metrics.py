@@ -101,6 +101,8 @@ def penetration_volumes(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh, voxe
     the hand is judged from its vertices (a surface point is within the longest edge of a vertex). The
     object is asked about every hand's points in one call; each hand by crossing parity, once.
     """
+    if not hands:
+        return []
     grids = [_cells(hand, obj, voxel_m, max_voxels) for hand in hands]
     centres = [grid.centre if grid is not None else np.zeros((0, 3)) for grid in grids]
     object_distance = split_rows(signed_distance(obj, np.concatenate(centres), on_grid=True), centres)
@@ -168,6 +170,8 @@ def near_vertices(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh, within_m: 
     """Hand meshes, object mesh (metres), distance -> per hand (K,) indices of its vertices and (K,) their
     signed distances to the object's surface (negative inside), metres: every vertex within ``within_m`` of
     the surface or inside, and some farther ones (those whose ``_vertex_lower_bounds`` is within it)."""
+    if not hands:
+        return []
     lower_bounds = _vertex_lower_bounds(hands, obj) if lower_bounds is None else lower_bounds
     chosen = [np.flatnonzero(lower <= within_m) for lower in lower_bounds]
     asked = [np.asarray(hand.vertices)[index] for hand, index in zip(hands, chosen, strict=True)]
@@ -182,6 +186,8 @@ def vertex_extremes(hands: list[trimesh.Trimesh], obj: trimesh.Trimesh) -> list[
     inside, then, only for hands with none inside, the outside ones whose lower bound could beat the nearest
     vertex found so far.
     """
+    if not hands:
+        return []
     lower_bounds = _vertex_lower_bounds(hands, obj)
     signed = [values for _, values in near_vertices(hands, obj, 0.0, lower_bounds)]
     second = []
