@@ -288,6 +288,16 @@ def _outward_directions(obj: trimesh.Trimesh, meshes: list[trimesh.Trimesh],
     return directions
 
 
+def _passing_moves(keypoints: list[np.ndarray], directions: list[np.ndarray | None],
+                   moves: dict[int, tuple[float, trimesh.Trimesh, dict]], count: int
+                   ) -> list[tuple[np.ndarray, trimesh.Trimesh, dict] | None]:
+    """The move found for some of ``count`` hands (distance in metres along its direction, moved mesh, its
+    metrics) -> per hand its moved keypoints, mesh and metrics with ``pushed_out_mm``; None where no move was
+    found or the moved grasp fails."""
+    return [(keypoints[i] + directions[i] * moves[i][0], moves[i][1], {**moves[i][2], "pushed_out_mm": moves[i][0] * 1e3})
+            if i in moves and is_acceptable(moves[i][2]) else None for i in range(count)]
+
+
 def _pushed_out(obj: trimesh.Trimesh, keypoints: list[np.ndarray], meshes: list[trimesh.Trimesh]
                 ) -> list[tuple[np.ndarray, trimesh.Trimesh, dict] | None]:
     """Grasps that penetrate the object too deeply -> each hand moved rigidly along ``_outward_directions`` by the
@@ -309,10 +319,8 @@ def _pushed_out(obj: trimesh.Trimesh, keypoints: list[np.ndarray], meshes: list[
                 low[i] = middle[i] + 1
         searching = [i for i in searching if low[i] <= high[i]]
     extremes = dict(zip(found, vertex_extremes([mesh for _, mesh, _ in found.values()], obj), strict=True))
-    measured = {i: {**metrics_of(volume, *extremes[i]), "pushed_out_mm": distance * 1e3}
-                for i, (distance, _, volume) in found.items()}
-    return [(keypoints[i] + directions[i] * found[i][0], found[i][1], measured[i])
-            if i in measured and is_acceptable(measured[i]) else None for i in range(len(meshes))]
+    moves = {i: (distance, mesh, metrics_of(volume, *extremes[i])) for i, (distance, mesh, volume) in found.items()}
+    return _passing_moves(keypoints, directions, moves, len(meshes))
 
 
 def _moved(mesh: trimesh.Trimesh, offset: np.ndarray) -> trimesh.Trimesh:
@@ -352,10 +360,8 @@ def _eased_out(obj: trimesh.Trimesh, keypoints: list[np.ndarray], meshes: list[t
     moved = {i: _moved(meshes[i], directions[i] * distance) for i, (distance, _, _) in chosen.items()}
     # The rounds found the depth and the gap exactly; only the volume is left to measure.
     volumes = dict(zip(moved, per_hand_threads(penetration_volumes, list(moved.values()), obj), strict=True))
-    measured = {i: {**metrics_of(volumes[i], depth, gap), "pushed_out_mm": distance * 1e3}
-                for i, (distance, depth, gap) in chosen.items()}
-    return [(keypoints[i] + directions[i] * chosen[i][0], moved[i], measured[i])
-            if i in measured and is_acceptable(measured[i]) else None for i in range(len(meshes))]
+    moves = {i: (distance, moved[i], metrics_of(volumes[i], depth, gap)) for i, (distance, depth, gap) in chosen.items()}
+    return _passing_moves(keypoints, directions, moves, len(meshes))
 
 
 def _shallow(metrics: dict) -> bool:
