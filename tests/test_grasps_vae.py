@@ -10,8 +10,16 @@ import trimesh
 import models
 from models.canonical import MODEL_SCALE, canonicalize, transform_points
 from models.data.objects import make_object
-from models.grasps.hand_object import RefineConfig, back_off, hand_logits, hand_object_terms, refine
-from models.grasps.hand_proxy import fit_proxy
+from models.grasps.hand_object import (
+    RefineConfig,
+    back_off,
+    descend,
+    hand_logits,
+    hand_object_terms,
+    proxy_gaps,
+    refine,
+)
+from models.grasps.hand_proxy import DISTAL_CAPSULES, fit_proxy
 from models.grasps.metrics import grasp_metrics
 from models.grasps.model import GraspVAE, VAEConfig, kl_divergence, load_vae_weights, save_vae
 from models.grasps.object_input import bps_basis, object_grids, object_points
@@ -194,6 +202,27 @@ def test_back_off_moves_the_hand_rigidly_out_of_the_object(sunk_hand) -> None:
     torch.testing.assert_close(shift, shift[:1].expand(21, -1))  # one translation for all joints
     assert shift[0, 2] > 0.9 * shift[0].norm()  # up, out of the slab's top face
     assert measured_depth_mm(base, slab, moved + centre) < 0.5 * measured_depth_mm(base, slab, hand + centre)
+
+
+def test_closing_moves_the_fingers_onto_the_object_and_holds_the_wrist(sunk_hand) -> None:
+    """The closing steps (``descend`` with the wrist held) of a hand lifted 2 cm above the block: the wrist and
+    the palm stay, the fingers flex down onto the block and keep their bone lengths."""
+    _, skeleton, proxy, _, pose, _, _, points = sunk_hand
+    lifted = pose.translation + torch.tensor([[0.0, 0.0, 0.02]])
+    pulled = torch.ones(1, 5)
+    before = skeleton.keypoints(angles_from_raw(pose.raw), pose.rotation, lifted)
+    raw, rotation, translation = descend(skeleton, proxy, points["sdf"], pulled, pose.raw, pose.rotation, lifted,
+                                         RefineConfig().close_steps, RefineConfig(), wrist=False)
+    after = skeleton.keypoints(angles_from_raw(raw), rotation, translation)
+    torch.testing.assert_close(rotation, pose.rotation)
+    torch.testing.assert_close(translation, lifted)
+    fixed = [0, 5, 9]  # the wrist and the index and middle knuckles (the palm arch moves the other two)
+    torch.testing.assert_close(after[:, fixed], before[:, fixed], atol=1e-6, rtol=0)
+    tip_gap = lambda hand: proxy_gaps(hand, proxy, points["sdf"])[:, DISTAL_CAPSULES].amin(-1)  # noqa: E731
+    assert (tip_gap(after)[0, 1:] < tip_gap(before)[0, 1:] - 0.005).all()  # every finger moved down by 5 mm or more
+    phalanges = [bone for bone in range(20) if bone not in (12, 16)]  # the palm arch moves the other two
+    torch.testing.assert_close(bone_lengths(after)[:, phalanges], bone_lengths(before)[:, phalanges], atol=1e-5, rtol=1e-5)
+    assert plausible(after.double().numpy()).all()
 
 
 def test_vae_training_with_the_halo_terms_records_them(tmp_path, rigged_hand, monkeypatch) -> None:

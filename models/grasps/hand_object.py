@@ -23,9 +23,11 @@ the capsule proxy of the hand surface (``hand_proxy``) against the object's sign
 * self        = overlap of the phalanx capsules of different fingers, mm,
 * stay        = squared change of the joint angles (units of 10 degrees) and of the wrist position (cm).
 
-The HALO occupancy has the last word: ``back_off`` moves the whole hand rigidly along the mean
-outward direction of the shell points still inside it (by the occupancy network), by the shortest of
-a few candidate distances that leaves no shell point deeper than ``backoff_target_m`` inside the hand.
+The HALO occupancy then judges: ``back_off`` moves the whole hand rigidly along the mean outward
+direction of the shell points still inside it (by the occupancy network), by the shortest of a few
+candidate distances that leaves no shell point deeper than ``backoff_target_m`` inside the hand. That
+lifts the fingers on the far side of the object off it, so a few more proxy steps of the joint angles
+alone (the wrist held where the back-off left it) close them on the object again.
 """
 
 from __future__ import annotations
@@ -125,6 +127,12 @@ class RefineConfig:
     backoff_max_m: float = 0.03
     backoff_candidates: int = 16  # distances grow quadratically: fine steps first
     backoff_points: int = 128  # shell points nearest the hand that the occupancy network judges
+    # The back-off moves the whole hand out, which lifts the fingers on the far side of the object off it;
+    # these steps of the fingers alone (the wrist held) close them on it again. On 16 test objects the tables
+    # do not use and 15 real ones x 8 served grasps, the field's simulation moved the objects 0.75 / 0.90 cm
+    # (mean over 6 gravity directions) without them, 0.67 / 0.76 with 10 steps and 0.60 / 0.70 with 20; the
+    # mean max depth stayed 2.67 / 2.72-2.79 mm. 10 steps pulling 3 mm in held as 20 at 2 mm, 0.5-0.9 mm deeper.
+    close_steps: int = 20
 
 
 def self_overlap(keypoints: torch.Tensor, proxy: HandProxy) -> torch.Tensor:
@@ -188,46 +196,60 @@ def proxy_energy(keypoints: torch.Tensor, proxy: HandProxy, sdf: ObjectGrids, pu
     return config.w_penetration * penetration + contact + config.w_self * self_overlap(keypoints, proxy)
 
 
+def descend(skeleton: HandSkeleton, proxy: HandProxy, sdf: ObjectGrids, pulled: torch.Tensor, raw: torch.Tensor,
+            rotation: torch.Tensor, translation: torch.Tensor, steps: int, config: RefineConfig,
+            wrist: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B,D) raw joint angles, (B,3,3) rotation, (B,3) wrist position (metres, object-centred), (B,5) fingers pulled
+    to the surface -> the three after ``steps`` Adam steps on ``proxy_energy`` plus the stay term; with ``wrist``
+    False only the joint angles move."""
+    start_angles = angles_from_raw(raw).detach()
+    raw = raw.detach().clone().requires_grad_(True)
+    turn = torch.zeros_like(translation, requires_grad=wrist)
+    moved = translation.detach().clone().requires_grad_(wrist)
+    groups = [{"params": [raw], "lr": config.pose_learning_rate}]
+    if wrist:
+        groups += [{"params": [turn], "lr": config.rotation_learning_rate},
+                   {"params": [moved], "lr": config.translation_learning_rate}]
+    optimiser = torch.optim.Adam(groups)
+    for _ in range(steps):
+        angles = angles_from_raw(raw)
+        current = skeleton.keypoints(angles, axis_angle_to_matrix(turn) @ rotation, moved)
+        stay = ((angles - start_angles) / 10).pow(2).mean(1) + ((moved - translation) * 100).pow(2).sum(1)
+        optimiser.zero_grad()
+        (proxy_energy(current, proxy, sdf, pulled, config) + config.w_stay * stay).sum().backward()
+        optimiser.step()
+    return raw.detach(), (axis_angle_to_matrix(turn) @ rotation).detach(), moved.detach()
+
+
 def refine(decoder: OccupancyDecoder, skeleton: HandSkeleton, proxy: HandProxy, pose: HandPose, sdf: ObjectGrids,
            shell: torch.Tensor, shell_depth: torch.Tensor, surface: torch.Tensor,
            config: RefineConfig | None = None, keep: int | None = None) -> torch.Tensor:
     """Poses, the object's distance grid, (B,H,3) shell points, (B,H) their depths, (B,S,3) surface points
-    (metres, object-centred) -> (B,21,3) refined keypoints: proxy steps in the pose space, then the occupancy back-off.
+    (metres, object-centred) -> (B,21,3) refined keypoints: proxy steps in the pose space, the occupancy
+    back-off, then proxy steps of the fingers alone that close them on the object again.
 
     ``keep``: only the ``keep`` hands that hold best after the proxy steps (``hold_score`` with the config's
-    depth weight, best first) are backed off and returned, (keep,21,3)."""
+    depth weight, best first) are backed off, closed and returned, (keep,21,3)."""
     config = config or RefineConfig()
-    start_angles = angles_from_raw(pose.raw).detach()
-    raw = pose.raw.detach().clone().requires_grad_(True)
-    turn = torch.zeros_like(pose.translation, requires_grad=True)
-    translation = pose.translation.detach().clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([{"params": [raw], "lr": config.pose_learning_rate},
-                                  {"params": [turn], "lr": config.rotation_learning_rate},
-                                  {"params": [translation], "lr": config.translation_learning_rate}])
-
-    def keypoints_now() -> torch.Tensor:
-        return skeleton.keypoints(angles_from_raw(raw), axis_angle_to_matrix(turn) @ pose.rotation, translation)
-
     with torch.no_grad():
-        tip_gap = proxy_gaps(keypoints_now(), proxy, sdf)[:, DISTAL_CAPSULES.to(raw.device)].amin(-1)
-        pulled = (tip_gap < config.contact_reach_m).to(raw.dtype)
+        tip_gap = proxy_gaps(skeleton.pose_keypoints(pose), proxy, sdf)[:, DISTAL_CAPSULES.to(pose.raw.device)].amin(-1)
+        pulled = (tip_gap < config.contact_reach_m).to(pose.raw.dtype)
         pulled[:, 0] = 1.0  # the thumb always takes part in a grasp
-    for _ in range(config.steps):
-        angles = angles_from_raw(raw)
-        current = skeleton.keypoints(angles, axis_angle_to_matrix(turn) @ pose.rotation, translation)
-        stay = ((angles - start_angles) / 10).pow(2).mean(1) + ((translation - pose.translation) * 100).pow(2).sum(1)
-        optimiser.zero_grad()
-        (proxy_energy(current, proxy, sdf, pulled, config) + config.w_stay * stay).sum().backward()
-        optimiser.step()
+    raw, rotation, translation = descend(skeleton, proxy, sdf, pulled, pose.raw, pose.rotation, pose.translation,
+                                         config.steps, config)
     with torch.no_grad():
-        refined = keypoints_now()
+        refined = skeleton.keypoints(angles_from_raw(raw), rotation, translation)
         if keep is not None:
             score = hold_score(refined, proxy, sdf, depth_weight_per_mm=config.keep_depth_weight_per_mm)
             chosen = score.argsort(stable=True)[:keep]
-            refined, shell, shell_depth, surface = (x[chosen] for x in (refined, shell, shell_depth, surface))
+            refined, raw, rotation, translation, pulled, shell, shell_depth, surface = (
+                x[chosen] for x in (refined, raw, rotation, translation, pulled, shell, shell_depth, surface))
     if config.backoff_target_m > 0:
-        refined = back_off(decoder, proxy, refined, shell, shell_depth, surface, config)
-    return refined
+        translation = translation + back_off(decoder, proxy, refined, shell, shell_depth, surface, config)[:, 0] - refined[:, 0]
+    raw, rotation, translation = descend(skeleton, proxy, sdf, pulled, raw, rotation, translation,
+                                         config.close_steps, config, wrist=False)
+    with torch.no_grad():
+        return skeleton.keypoints(angles_from_raw(raw), rotation, translation)
 
 
 def nearest_points(proxy: HandProxy, keypoints: torch.Tensor, points: torch.Tensor, count: int,
