@@ -12,7 +12,7 @@ import trimesh
 import models
 from cli.main import main
 from models.data.objects import make_object, split_indices
-from models.grasps.api import SHIPPED_VAE, GraspRequestError, is_valid_hand
+from models.grasps.api import SHIPPED_VAE, Grasp, GraspRequestError, is_valid_hand
 from models.grasps.metrics import grasp_metrics, penetration_volume
 
 
@@ -141,27 +141,46 @@ def test_refined_grasps_that_miss_or_penetrate_are_replaced_by_fresh_samples(vae
 
 
 def test_a_grasp_that_still_penetrates_is_pushed_out_rigidly(vae, monkeypatch) -> None:
+    """Served grasps sunk 5 mm against their outward direction, pushed out with the bound at half their volume:
+    the move found is rigid, the shortest of PUSH_OUT_M that passes, and its metrics are the moved mesh's;
+    where none is found, no distance passes (a hand wrapped round the box presses in elsewhere)."""
     from models.data.real_objects import load_real_object
     from models.grasps import api as grasp_api
+    from models.grasps.metrics import near_vertices
     from models.grasps.object_input import prepare_object
 
     cereal = prepare_object(load_real_object("cereal"))
-    grasp = max(vae.sample(cereal, n=4, seed=0, resolution=64), key=lambda g: g.metrics["penetration_volume_cm3"])
-    volume = grasp.metrics["penetration_volume_cm3"]
-    assert volume > 0.1
-    monkeypatch.setattr(grasp_api, "MAX_PENETRATION_CM3", volume / 2)
-    [(keypoints, mesh, metrics)] = grasp_api._pushed_out(cereal, [grasp.keypoints], [grasp.mesh])
-    assert metrics["penetration_volume_cm3"] <= volume / 2 and metrics["contact"]
-    measured = grasp_metrics(mesh, cereal)
-    assert {name: metrics[name] for name in measured} == pytest.approx(measured, abs=1e-9)
-    shift = keypoints - grasp.keypoints  # one rigid translation of keypoints and mesh alike
-    np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-12)
-    np.testing.assert_allclose(np.asarray(mesh.vertices) - np.asarray(grasp.mesh.vertices), np.broadcast_to(shift[0], mesh.vertices.shape), atol=1e-12)
-    assert np.linalg.norm(shift[0]) * 1e3 == pytest.approx(metrics["pushed_out_mm"])
-    shorter = [d for d in grasp_api.PUSH_OUT_M if d * 1e3 < metrics["pushed_out_mm"] - 1e-9]
-    if shorter:  # the shortest distance that passes: the one before it still penetrates too deeply
-        nearer = grasp.mesh.copy().apply_translation(shift[0] / np.linalg.norm(shift[0]) * shorter[-1])
-        assert penetration_volume(nearer, cereal) > volume / 2
+    found = 0
+    for served in vae.sample(cereal, n=4, seed=0, resolution=64):
+        [outward] = grasp_api._outward_directions(cereal, [served.mesh], near_vertices([served.mesh], cereal, 0.0))
+        if outward is None:
+            continue
+        sink = -outward * 0.005
+        grasp = Grasp(served.keypoints + sink, served.mesh.copy().apply_translation(sink))
+        volume = grasp_metrics(grasp.mesh, cereal)["penetration_volume_cm3"]
+        monkeypatch.setattr(grasp_api, "MAX_PENETRATION_CM3", volume / 2)
+        [pushed] = grasp_api._pushed_out(cereal, [grasp.keypoints], [grasp.mesh])
+        if pushed is None:
+            [direction] = grasp_api._outward_directions(cereal, [grasp.mesh], near_vertices([grasp.mesh], cereal, 0.0))
+            for distance in grasp_api.PUSH_OUT_M:
+                moved = grasp_metrics(grasp.mesh.copy().apply_translation(direction * distance), cereal)
+                assert not (moved["penetration_volume_cm3"] <= volume / 2 and moved["contact"])
+            continue
+        found += 1
+        keypoints, mesh, metrics = pushed
+        assert metrics["penetration_volume_cm3"] <= volume / 2 and metrics["contact"]
+        measured = grasp_metrics(mesh, cereal)
+        assert {name: metrics[name] for name in measured} == pytest.approx(measured, abs=1e-9)
+        shift = keypoints - grasp.keypoints  # one rigid translation of keypoints and mesh alike
+        np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-12)
+        np.testing.assert_allclose(np.asarray(mesh.vertices) - np.asarray(grasp.mesh.vertices),
+                                   np.broadcast_to(shift[0], mesh.vertices.shape), atol=1e-12)
+        assert np.linalg.norm(shift[0]) * 1e3 == pytest.approx(metrics["pushed_out_mm"])
+        shorter = [d for d in grasp_api.PUSH_OUT_M if d * 1e3 < metrics["pushed_out_mm"] - 1e-9]
+        if shorter:  # the shortest distance that passes: the one before it still penetrates too deeply
+            nearer = grasp.mesh.copy().apply_translation(shift[0] / np.linalg.norm(shift[0]) * shorter[-1])
+            assert penetration_volume(nearer, cereal) > volume / 2
+    assert found >= 2
 
 
 def test_returned_grasps_that_reach_deep_are_eased_out_rigidly_within_the_bound(vae, monkeypatch) -> None:
