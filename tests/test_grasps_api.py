@@ -183,6 +183,17 @@ def test_a_grasp_that_still_penetrates_is_pushed_out_rigidly(vae, monkeypatch) -
     assert found >= 2
 
 
+def test_a_hand_deep_inside_a_large_object_is_pushed_out_farther(vae) -> None:
+    """On a slab larger than the hand (40 x 40 x 15 cm) sampled hands can sit centimetres inside it: a slot that
+    neither the fresh samples nor PUSH_OUT_M fix is moved out by one of FAR_PUSH_OUT_M, and then passes."""
+    from models.grasps import api as grasp_api
+
+    slab = trimesh.creation.box(extents=(0.4, 0.4, 0.15))
+    grasps = vae.sample(slab, n=4, seed=0, resolution=64)
+    far = [grasp for grasp in grasps if grasp.metrics.get("pushed_out_mm", 0.0) > grasp_api.PUSH_OUT_M[-1] * 1e3]
+    assert far and all(grasp_api.is_acceptable(grasp.metrics) for grasp in far)
+
+
 def test_returned_grasps_that_reach_deep_are_eased_out_rigidly_within_the_bound(vae, monkeypatch) -> None:
     from models.grasps import api as grasp_api
     from models.grasps.metrics import grasp_metrics_many
