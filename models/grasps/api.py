@@ -308,8 +308,8 @@ def _pushed_out(obj: trimesh.Trimesh, keypoints: list[np.ndarray], meshes: list[
                 distances: tuple[float, ...] = PUSH_OUT_M) -> list[tuple[np.ndarray, trimesh.Trimesh, dict] | None]:
     """Grasps that penetrate the object too deeply -> each hand moved rigidly along ``_outward_directions`` by the
     shortest of ``distances`` (metres, increasing) that brings its penetration within the bound (a binary search,
-    every hand at once: three rounds of penetration volumes instead of eight), with ``pushed_out_mm`` in its
-    metrics; None where that hand then fails (no longer in contact) or cannot be moved."""
+    every hand at once: three rounds of penetration volumes for the eight of PUSH_OUT_M), with ``pushed_out_mm``
+    in its metrics; None where that hand then fails (no longer in contact) or cannot be moved."""
     directions = _outward_directions(obj, meshes, near_vertices(meshes, obj, 0.0))
     low = np.zeros(len(meshes), dtype=int)
     high = np.full(len(meshes), len(distances) - 1)
