@@ -150,9 +150,10 @@ def test_a_grasp_that_still_penetrates_is_pushed_out_rigidly(vae, monkeypatch) -
     from models.grasps.object_input import prepare_object
 
     cereal = prepare_object(load_real_object("cereal"))
+    outward_of = lambda mesh: grasp_api._outward_directions(cereal, [mesh], near_vertices([mesh], cereal, 0.0))[0]  # noqa: E731
     found = 0
     for served in vae.sample(cereal, n=4, seed=0, resolution=64):
-        [outward] = grasp_api._outward_directions(cereal, [served.mesh], near_vertices([served.mesh], cereal, 0.0))
+        outward = outward_of(served.mesh)
         if outward is None:
             continue
         sink = -outward * 0.005
@@ -161,7 +162,7 @@ def test_a_grasp_that_still_penetrates_is_pushed_out_rigidly(vae, monkeypatch) -
         monkeypatch.setattr(grasp_api, "MAX_PENETRATION_CM3", volume / 2)
         [pushed] = grasp_api._pushed_out(cereal, [grasp.keypoints], [grasp.mesh])
         if pushed is None:
-            [direction] = grasp_api._outward_directions(cereal, [grasp.mesh], near_vertices([grasp.mesh], cereal, 0.0))
+            direction = outward_of(grasp.mesh)
             for distance in grasp_api.PUSH_OUT_M:
                 moved = grasp_metrics(grasp.mesh.copy().apply_translation(direction * distance), cereal)
                 assert not (moved["penetration_volume_cm3"] <= volume / 2 and moved["contact"])

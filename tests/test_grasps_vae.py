@@ -29,6 +29,9 @@ from models.plausibility import plausible
 from models.train.vae import augment_rotations, load_grasp_data
 
 SMALL = VAEConfig(bps_points=32, latent=8, hidden=32, object_code=16)
+# Every bone but wrist -> ring / pinky MCP, which the palm arch (their metacarpals flexing) moves: these keep
+# their length whatever the pose.
+RIGID_BONES = [bone for bone in range(20) if bone not in (12, 16)]
 
 
 def a_hand(batch: int = 3) -> torch.Tensor:
@@ -65,9 +68,7 @@ def test_vae_decodes_poses_whose_keypoints_are_human_hands(rigged_hand) -> None:
         hands = model.keypoints(wild)
     low, high = angle_bounds(wild.angles)
     assert bool(((wild.angles >= low - 1e-4) & (wild.angles <= high + 1e-4)).all())
-    # Every bone but wrist -> ring / pinky MCP, which the palm arch (their metacarpals flexing) moves.
-    fixed = [bone for bone in range(20) if bone not in (12, 16)]
-    lengths = bone_lengths(hands)[:, fixed]
+    lengths = bone_lengths(hands)[:, RIGID_BONES]
     torch.testing.assert_close(lengths, lengths[:1].expand(64, -1), atol=1e-5, rtol=1e-4)
 
 
@@ -189,8 +190,8 @@ def test_pose_space_refinement_pulls_a_sunk_hand_out_and_keeps_it_a_hand(sunk_ha
                      points["surface"], RefineConfig(backoff_target_m=0))
     after = measured_depth_mm(base, slab, refined + centre)
     assert before > 8.0 and after < 0.5 * before
-    fixed = [bone for bone in range(20) if bone not in (12, 16)]  # the palm arch moves the other two
-    torch.testing.assert_close(bone_lengths(refined)[:, fixed], bone_lengths(hand)[:, fixed], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bone_lengths(refined)[:, RIGID_BONES], bone_lengths(hand)[:, RIGID_BONES], atol=1e-5,
+                               rtol=1e-5)
     assert plausible(refined.double().numpy()).all()
 
 
@@ -220,8 +221,8 @@ def test_closing_moves_the_fingers_onto_the_object_and_holds_the_wrist(sunk_hand
     torch.testing.assert_close(after[:, fixed], before[:, fixed], atol=1e-6, rtol=0)
     tip_gap = lambda hand: proxy_gaps(hand, proxy, points["sdf"])[:, DISTAL_CAPSULES].amin(-1)  # noqa: E731
     assert (tip_gap(after)[0, 1:] < tip_gap(before)[0, 1:] - 0.005).all()  # every finger moved down by 5 mm or more
-    phalanges = [bone for bone in range(20) if bone not in (12, 16)]  # the palm arch moves the other two
-    torch.testing.assert_close(bone_lengths(after)[:, phalanges], bone_lengths(before)[:, phalanges], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bone_lengths(after)[:, RIGID_BONES], bone_lengths(before)[:, RIGID_BONES], atol=1e-5,
+                               rtol=1e-5)
     assert plausible(after.double().numpy()).all()
 
 
